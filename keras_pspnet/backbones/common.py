@@ -1,0 +1,59 @@
+"""Pieces shared by the dilated backbones."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from keras import layers
+
+VALID_OUTPUT_STRIDES = (8, 16, 32)
+
+
+def stride_plan(strides: Sequence[int], output_stride: int, initial_stride: int) -> list[tuple[int, int]]:
+    """Turns nominal per-stage strides into (stride, dilation) pairs that stop at `output_stride`.
+
+    Once the running stride would exceed `output_stride`, a stage keeps stride 1 and multiplies its
+    dilation instead (the "dilated network" of DeepLab and PSPNet).
+    """
+    if output_stride not in VALID_OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {VALID_OUTPUT_STRIDES}, got {output_stride}.")
+    current, dilation, plan = initial_stride, 1, []
+    for stride in strides:
+        if current * stride > output_stride:
+            dilation *= stride
+            stride = 1
+        else:
+            current *= stride
+        plan.append((stride, dilation))
+    return plan
+
+
+def batch_norm_factory(epsilon: float, momentum: float, synchronized: bool):
+    """A BatchNormalization constructor with the backbone's settings bound (names still per layer)."""
+    return functools.partial(
+        layers.BatchNormalization, epsilon=epsilon, momentum=momentum, synchronized=synchronized
+    )
+
+
+def conv(x, filters, kernel_size, *, stride=1, dilation=1, use_bias, name):
+    """Conv2D with PyTorch's symmetric padding.
+
+    Keras' "same" padding pads only bottom/right for even sizes at stride 2; converted PyTorch weights
+    need (k - 1) // 2 on every side, so strided convolutions get an explicit ZeroPadding2D.
+    """
+    if stride > 1 and kernel_size > 1:
+        pad = dilation * (kernel_size - 1) // 2
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        dilation_rate=dilation,
+        padding=padding,
+        use_bias=use_bias,
+        name=name,
+    )(x)

@@ -1,0 +1,142 @@
+"""The PSPNet model: normalisation, dilated backbone, pyramid pooling module, heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_weights
+from keras_pspnet.backbones.common import batch_norm_factory
+from keras_pspnet.backbones.imagenet import IMAGENET_PREPROCESSING, imagenet_application
+from keras_pspnet.layers import AdaptiveAveragePooling2D, ConcatConv2D, ResizeLike
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels 0-255 (torchvision, mmsegmentation)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+DEFAULT_BINS = (1, 2, 3, 6)
+
+
+def _conv_bn_relu(x, filters, kernel_size, norm, name):
+    """Conv (no bias) + BN + ReLU; a list `x` is convolved as its channel concatenation."""
+    x = ConcatConv2D(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(
+        x if isinstance(x, list) else [x]
+    )
+    x = norm(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def pyramid_pooling(features, bins: Sequence[int], channels: int, norm) -> list:
+    """The pyramid pooling module: [the input map, each pooled, reduced, upsampled bin].
+
+    The list is the channel concatenation of the paper; the head's conv consumes it without building it.
+    An empty bin list gives [features]: the dilated-FCN baseline of the paper's ablation.
+    """
+    branches = [features]
+    for size in bins:
+        x = AdaptiveAveragePooling2D(size, name=f"ppm_{size}_pool")(features)
+        x = _conv_bn_relu(x, channels, 1, norm, f"ppm_{size}")
+        branches.append(ResizeLike(name=f"ppm_{size}_resize")([x, features]))
+    return branches
+
+
+def segmentation_head(x, image, num_classes, channels, dropout, norm, prefix):
+    """3x3 conv + BN + ReLU, dropout, 1x1 classifier, bilinear upsampling to the image size."""
+    x = _conv_bn_relu(x, channels, 3, norm, prefix)
+    x = layers.SpatialDropout2D(dropout, name=f"{prefix}_dropout")(x)
+    name = "classifier" if prefix == "head" else f"{prefix}_classifier"
+    x = layers.Conv2D(num_classes, 1, name=name)(x)
+    x = ResizeLike(name=f"{name}_resize")([x, image])
+    # Logits stay float32 under mixed precision: the loss and argmax need them.
+    return layers.Activation("linear", dtype="float32", name="logits" if prefix == "head" else prefix)(x)
+
+
+def build_pspnet(
+    num_classes: int,
+    backbone: str = "resnet50",
+    *,
+    output_stride: int = 8,
+    bins: Sequence[int] = DEFAULT_BINS,
+    pool_channels: int | None = None,
+    head_channels: int = 512,
+    aux_channels: int = 256,
+    dropout: float = 0.1,
+    aux_head: bool = False,
+    backbone_weights: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    input_dtype: str = "float32",
+    sync_batchnorm: bool = False,
+    name: str = "pspnet",
+    **backbone_kwargs,
+) -> keras.Model:
+    """Builds PSPNet (Zhao et al., CVPR 2017) as a Keras functional model.
+
+    The model takes RGB pixel values 0-255 (`input_dtype` "float32" or "uint8"), normalises them inside
+    and returns float32 logits at the input resolution, channels last.
+
+    Args:
+        num_classes: number of classes (>= 1).
+        backbone: one of `keras_pspnet.backbones.BACKBONES`.
+        output_stride: 8 (default, as the paper), 16 or 32.
+        bins: pyramid bin sizes; () gives the dilated-FCN baseline without pyramid pooling.
+        pool_channels: width of each pyramid branch; default a quarter of the backbone's channels.
+        head_channels: width of the 3x3 conv before the classifier (512 in the paper).
+        aux_channels: width of the auxiliary FCN head (256 in the reference code).
+        dropout: dropout rate before the classifiers.
+        aux_head: also output the auxiliary FCN head on stage 3; the model then returns
+            {"logits": ..., "aux": ...} (for training; see `inference_model`).
+        backbone_weights: None, "imagenet" or the path of the keras.applications no-top .h5 file.
+        mean, std: per-channel RGB normalisation of 0-255 pixels. Default: what the ImageNet weights
+            expect when `backbone_weights` is given, else the ImageNet mean/std.
+        input_shape: (height, width, 3); height and width may be None.
+        input_dtype: "float32" or "uint8".
+        sync_batchnorm: synchronised BatchNormalization across replicas (TensorFlow backend only).
+        **backbone_kwargs: passed to the backbone (`stem`, `stem_widths`, `base_width`, `style`,
+            `contract_dilation` for ResNets; `alpha` for MobileNetV2).
+    """
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    if backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone {backbone!r}; valid backbones: {sorted(BACKBONES)}.")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"PSPNet takes RGB images: input_shape must be (height, width, 3), got {tuple(input_shape)}.")
+    if input_dtype not in ("float32", "uint8"):
+        raise ValueError(f"input_dtype must be 'float32' or 'uint8', got {input_dtype!r}.")
+    if any(int(b) < 1 for b in bins):
+        raise ValueError(f"Pyramid bins must be >= 1, got {tuple(bins)}.")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if mean is None or std is None:
+        default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD
+        if backbone_weights is not None:
+            default_mean, default_std = IMAGENET_PREPROCESSING[imagenet_application(backbone)]
+        mean, std = mean or default_mean, std or default_std
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"mean and std need 3 values (RGB) and std > 0, got mean={mean}, std={std}.")
+
+    image = keras.Input(tuple(input_shape), dtype=input_dtype, name="image")
+    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(image)
+    features = backbone_features(
+        backbone, x, output_stride=output_stride, sync_batchnorm=sync_batchnorm, **backbone_kwargs
+    )
+    norm = batch_norm_factory(1e-5, 0.99, sync_batchnorm)
+    final = features["stage4"]
+    pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm)
+    logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head")
+    outputs = logits
+    if aux_head:
+        aux = segmentation_head(features["stage3"], image, num_classes, aux_channels, dropout, norm, "aux")
+        outputs = {"logits": logits, "aux": aux}
+    model = keras.Model(image, outputs, name=name)
+    if backbone_weights is not None:
+        load_imagenet_weights(model, backbone, backbone_weights, alpha=backbone_kwargs.get("alpha"))
+    return model
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The model without its auxiliary head (same layers and weights), for evaluation and export."""
+    if not isinstance(model.output, dict):
+        return model
+    return keras.Model(model.input, model.output["logits"], name=model.name)

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-pspnet",
+    version="0.1.0",
+    description="PSPNet (Pyramid Scene Parsing Network) in Keras 3, from model.fit to TF Serving and TFLite",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["keras_pspnet", "keras_pspnet.*"]),
+    install_requires=["keras>=3.15,<4", "numpy", "h5py", "tqdm", "pyyaml"],
+    extras_require={
+        # Pick one: `tensorflow` for GPUs, `tensorflow-cpu` for CPU-only machines and CI.
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "convert": ["torch>=2.0"],
+        "jax": ["jax"],
+        "test": ["pytest", "torch>=2.0", "jax", "ai-edge-litert"],
+    },
+    entry_points={"console_scripts": ["pspnet=keras_pspnet.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Recognition"],
+)
