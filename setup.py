@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_pspnet", "keras_pspnet.*"]),
-    install_requires=["keras>=3.15,<4", "numpy", "h5py", "tqdm", "pyyaml"],
+    install_requires=["keras>=3.15,<4", "numpy", "h5py", "tqdm", "pyyaml", "pillow", "tensorflow-datasets", "tensorboard"],
     extras_require={
         # Pick one: `tensorflow` for GPUs, `tensorflow-cpu` for CPU-only machines and CI.
         "gpu": ["tensorflow[and-cuda]==2.21.*"],

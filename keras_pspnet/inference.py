@@ -55,3 +55,82 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
             kernel = kernel * scale
         folded.get_layer(conv_name).set_weights([kernel.astype("float32"), ((bias - mean) * scale + beta).astype("float32")])
     return folded
+
+
+def model_mean(model: keras.Model) -> np.ndarray:
+    """The RGB mean a PSPNet subtracts from its input pixels (mid-grey for other models)."""
+    try:
+        return np.asarray(model.get_layer("normalize").mean, np.float32).reshape(3)
+    except ValueError:
+        return np.full(3, 127.5, np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _probabilities(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:
+    """Softmax of the model on a batch, averaged with the mirrored batch when `flip`."""
+    probabilities = _softmax(np.asarray(model.predict_on_batch(images), dtype=np.float32))
+    if flip:
+        mirrored = _softmax(np.asarray(model.predict_on_batch(images[:, :, ::-1]), dtype=np.float32))
+        probabilities = (probabilities + mirrored[:, :, ::-1]) / 2
+    return probabilities
+
+
+def _sliding_window(model, image, crop, flip, fill, stride_rate=2 / 3):
+    """The official PSPNet evaluation: crops with stride 2/3 of the crop, probabilities averaged."""
+    height, width = image.shape[:2]
+    pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
+    top, left = pad_h // 2, pad_w // 2
+    padded = np.empty((height + pad_h, width + pad_w, 3), np.float32)
+    padded[...] = fill  # padding with the mean colour, as the official code
+    padded[top : top + height, left : left + width] = image
+    stride = [int(np.ceil(c * stride_rate)) for c in crop]
+    grid = [int(np.ceil(max(padded.shape[i] - crop[i], 0) / stride[i])) + 1 for i in (0, 1)]
+    total, count = None, np.zeros(padded.shape[:2] + (1,), np.float32)
+    for row in range(grid[0]):
+        for col in range(grid[1]):
+            y = min(row * stride[0], padded.shape[0] - crop[0])
+            x = min(col * stride[1], padded.shape[1] - crop[1])
+            window = _probabilities(model, padded[None, y : y + crop[0], x : x + crop[1]], flip)[0]
+            if total is None:
+                total = np.zeros(padded.shape[:2] + window.shape[-1:], np.float32)
+            total[y : y + crop[0], x : x + crop[1]] += window
+            count[y : y + crop[0], x : x + crop[1]] += 1
+    return (total / count)[top : top + height, left : left + width]
+
+
+def predict_probabilities(model: keras.Model, image: np.ndarray, *, mode: str = "whole", crop=None,
+                          scales=(1.0,), flip: bool = False, fill=None) -> np.ndarray:
+    """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255) at its resolution.
+
+    Args:
+        mode: "whole" (the model on the whole image) or "slide" (windows of `crop`, stride 2/3 of it).
+        crop: (height, width) of the windows; required for "slide".
+        scales: image scales whose probabilities are averaged (multi-scale: 0.5, 0.75, ..., 1.75).
+        flip: also average the horizontally mirrored prediction.
+        fill: colour for padding windows (default: the model's normalisation mean, as the official code).
+    """
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}.")
+    if mode == "slide" and not crop:
+        raise ValueError("sliding-window inference needs a crop size.")
+    import tensorflow as tf  # resizing probability maps: TF is our data-side dependency on every backend
+
+    image = np.asarray(image, np.float32)
+    height, width = image.shape[:2]
+    fill = np.asarray(fill if fill is not None else model_mean(model), np.float32)
+    total = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = image if size == (height, width) else tf.image.resize(image, size, method="bilinear").numpy()
+        if mode == "whole":
+            probabilities = _probabilities(model, scaled[None], flip)[0]
+        else:
+            probabilities = _sliding_window(model, scaled, crop, flip, fill)
+        if size != (height, width):
+            probabilities = tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
+        total = probabilities if total is None else total + probabilities
+    return total / len(scales)

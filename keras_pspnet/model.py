@@ -122,12 +122,12 @@ def build_pspnet(
         backbone, x, output_stride=output_stride, sync_batchnorm=sync_batchnorm, **backbone_kwargs
     )
     norm = batch_norm_factory(1e-5, 0.99, sync_batchnorm)
-    final = features["stage4"]
+    final = features["final"]
     pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm)
     logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head")
     outputs = logits
     if aux_head:
-        aux = segmentation_head(features["stage3"], image, num_classes, aux_channels, dropout, norm, "aux")
+        aux = segmentation_head(features["aux"], image, num_classes, aux_channels, dropout, norm, "aux")
         outputs = {"logits": logits, "aux": aux}
     model = keras.Model(image, outputs, name=name)
     if backbone_weights is not None:

@@ -26,7 +26,7 @@ def test_resnet50_equals_keras_applications_at_output_stride_32(tmp_path, rng, s
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
     # keras.applications ResNets take BGR; our first conv's input channels were reversed on loading.
     expected = reference.predict(x[..., ::-1], verbose=0)
-    assert relative_error(ours.predict(x, verbose=0)["stage4"], expected) < 1e-5
+    assert relative_error(ours.predict(x, verbose=0)["final"], expected) < 1e-5
 
 
 def test_mobilenet_v2_equals_keras_applications_at_output_stride_32(tmp_path, rng):
@@ -36,7 +36,7 @@ def test_mobilenet_v2_equals_keras_applications_at_output_stride_32(tmp_path, rn
     save_legacy_h5(reference, path)
     ours = build_backbone("mobilenet_v2", (64, 64, 3), weights=path, output_stride=32, alpha=0.35)
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
-    assert relative_error(ours.predict(x, verbose=0)["stage4"], reference.predict(x, verbose=0)) < 1e-5
+    assert relative_error(ours.predict(x, verbose=0)["final"], reference.predict(x, verbose=0)) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
@@ -44,8 +44,8 @@ def test_mobilenet_v2_equals_keras_applications_at_output_stride_32(tmp_path, rn
 def test_output_stride_sets_feature_size(name, output_stride):
     kwargs = {"alpha": 0.35} if name == "mobilenet_v2" else {"base_width": 8}
     model = build_backbone(name, (64, 96, 3), output_stride=output_stride, **kwargs)
-    assert model.output["stage4"].shape[1:3] == (64 // output_stride, 96 // output_stride)
-    assert model.output["stage3"].shape[1:3] == (64 // min(output_stride, 16), 96 // min(output_stride, 16))
+    assert model.output["final"].shape[1:3] == (64 // output_stride, 96 // output_stride)
+    assert model.output["aux"].shape[1:3] == (64 // min(output_stride, 16), 96 // min(output_stride, 16))
 
 
 def test_dilated_stages_keep_weights_of_undilated_backbone():
@@ -74,7 +74,7 @@ def test_deep_stem_and_contract_dilation():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"name": "resnet51"}, "valid backbones: ['mobilenet_v2', 'resnet101'"),
+        ({"name": "resnet51"}, "valid backbones: ['mobilenet_v2', 'resnet10', 'resnet101'"),
         ({"name": "resnet50", "output_stride": 4}, "output_stride must be one of (8, 16, 32)"),
         ({"name": "resnet50", "style": "caffe"}, "valid styles: ['keras', 'pytorch']"),
         ({"name": "resnet50", "stem": "deep", "stem_widths": (8, 8)}, "three convolutions"),

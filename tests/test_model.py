@@ -111,7 +111,7 @@ def test_presets_build_named_configurations():
         ({"num_classes": 0}, "num_classes must be >= 1"),
         ({"input_shape": (None, None, 4)}, "input_shape must be (height, width, 3)"),
         ({"input_shape": (64, 64, 1)}, "input_shape must be (height, width, 3)"),
-        ({"backbone": "vgg16"}, "valid backbones: ['mobilenet_v2', 'resnet101', 'resnet152'"),
+        ({"backbone": "vgg16"}, "valid backbones: ['mobilenet_v2', 'resnet10', 'resnet101', 'resnet152'"),
         ({"output_stride": 4}, "output_stride must be one of (8, 16, 32)"),
         ({"bins": (1, 0)}, "Pyramid bins must be >= 1"),
         ({"input_dtype": "float64"}, "input_dtype must be"),

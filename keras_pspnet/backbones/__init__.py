@@ -12,6 +12,7 @@ from keras_pspnet.backbones.resnet import resnet_features
 
 # name -> (feature function with its fixed arguments, keras.applications constructor for ImageNet weights)
 BACKBONES = {
+    "resnet10": (functools.partial(resnet_features, depth=10), None),
     "resnet18": (functools.partial(resnet_features, depth=18), None),
     "resnet34": (functools.partial(resnet_features, depth=34), None),
     "resnet50": (functools.partial(resnet_features, depth=50), "ResNet50"),
@@ -22,14 +23,14 @@ BACKBONES = {
 
 
 def backbone_features(name: str, x, **kwargs) -> dict:
-    """Applies backbone `name` to tensor `x`; returns {"stage3": ..., "stage4": ...}."""
+    """Applies backbone `name` to tensor `x`; returns {"aux": ..., "final": ...}."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; valid backbones: {sorted(BACKBONES)}.")
     return BACKBONES[name][0](x, **kwargs)
 
 
 def build_backbone(name: str, input_shape=(None, None, 3), *, weights: str | None = None, **kwargs) -> keras.Model:
-    """A standalone backbone model from a normalised image to {"stage3", "stage4"} features.
+    """A standalone backbone model from a normalised image to {"aux", "final"} features.
 
     `weights`: None, "imagenet" (downloads keras.applications weights) or the path of such a file.
     """

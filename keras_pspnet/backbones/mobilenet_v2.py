@@ -49,7 +49,7 @@ def mobilenet_v2_features(x, alpha: float = 1.0, *, output_stride: int = 8, sync
         sync_batchnorm: synchronise batch statistics across replicas (TensorFlow backend only).
 
     Returns:
-        {"stage3": the 96-channel stage (auxiliary head input), "stage4": the final 1x1-conv features}.
+        {"aux": the 96-channel stage (auxiliary head input), "final": the final 1x1-conv features}.
     """
     if alpha <= 0:
         raise ValueError(f"MobileNetV2 width multiplier alpha must be > 0, got {alpha}.")
@@ -66,9 +66,9 @@ def mobilenet_v2_features(x, alpha: float = 1.0, *, output_stride: int = 8, sync
                                    dilation, norm, block_id)
             block_id += 1
         if stage == AUX_STAGE:
-            features["stage3"] = x
+            features["aux"] = x
     last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     x = layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")(x)
     x = norm(name="Conv_1_bn")(x)
-    features["stage4"] = layers.ReLU(6.0, name="out_relu")(x)
+    features["final"] = layers.ReLU(6.0, name="out_relu")(x)
     return features

@@ -14,6 +14,7 @@ from keras_pspnet.backbones.common import batch_norm_factory, conv, stride_plan
 
 # depth -> (blocks per stage, bottleneck?)
 RESNET_DEPTHS = {
+    10: ((1, 1, 1, 1), False),  # small receptive field: the context demo's backbone
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
     50: ((3, 4, 6, 3), True),
@@ -81,12 +82,13 @@ def resnet_features(
     base_width: int = 64,
     contract_dilation: bool = False,
     style: str = "keras",
+    stages: int = 4,
     sync_batchnorm: bool = False,
 ) -> dict:
     """Applies a dilated ResNet to the tensor `x` (normalised NHWC image).
 
     Args:
-        depth: 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks).
+        depth: 10, 18, 34 (basic blocks), 50, 101 or 152 (bottlenecks).
         output_stride: 8 (stages 3 and 4 dilated 2 and 4), 16 or 32.
         stem: "standard" (7x7 conv) or "deep" (three 3x3 convs of `stem_widths`).
         stem_widths: widths of the stem convs; default (base_width,) for the standard stem and
@@ -94,10 +96,12 @@ def resnet_features(
         base_width: width of the first stage (64 in every published ResNet; smaller for tests).
         contract_dilation: the first block of a dilated stage uses half its dilation (mmsegmentation).
         style: "keras" (keras.applications layout) or "pytorch" (torchvision/mmsegmentation layout).
+        stages: 4 (every published ResNet) or 3 (a small network with a small receptive field, as in the
+            context demo); the last stage is the final feature map.
         sync_batchnorm: synchronise batch statistics across replicas (TensorFlow backend only).
 
     Returns:
-        {"stage3": features of stage 3 (auxiliary head input), "stage4": final features}.
+        {"aux": the input of the auxiliary head (stage 3 of 4, stage 2 of 3), "final": the last stage}.
     """
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"Unknown ResNet depth {depth}; valid depths: {sorted(RESNET_DEPTHS)}.")
@@ -105,6 +109,8 @@ def resnet_features(
         raise ValueError(f"Unknown ResNet style {style!r}; valid styles: {list(RESNET_STYLES)}.")
     if stem not in STEMS:
         raise ValueError(f"Unknown stem {stem!r}; valid stems: {list(STEMS)}.")
+    if stages not in (3, 4):
+        raise ValueError(f"A ResNet has 3 or 4 stages, got stages={stages}.")
     if stem_widths is None:
         stem_widths = (base_width,) if stem == "standard" else (base_width // 2, base_width // 2, base_width)
     if stem == "deep" and len(stem_widths) != 3:
@@ -116,7 +122,7 @@ def resnet_features(
     x = _stem(x, stem, stem_widths, style, norm)
     features = {}
     plan = stride_plan((1, 2, 2, 2), output_stride, initial_stride=4)
-    for stage, (num_blocks, (stride, dilation)) in enumerate(zip(blocks, plan)):
+    for stage, (num_blocks, (stride, dilation)) in enumerate(zip(blocks[:stages], plan)):
         for block in range(num_blocks):
             block_dilation = dilation
             if block == 0 and contract_dilation and dilation > 1:
@@ -131,7 +137,7 @@ def resnet_features(
                 norm=norm,
                 name=f"conv{stage + 2}_block{block + 1}",
             )
-        if stage == 2:
-            features["stage3"] = x
-    features["stage4"] = x
+        if stage == stages - 2:
+            features["aux"] = x
+    features["final"] = x
     return features

@@ -1,0 +1,37 @@
+"""Datasets as tf.data pipelines: sources (TFDS, folders, synthetic), augmentation, batching."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from keras_pspnet.data.augment import augment
+from keras_pspnet.data.context import CONTEXT_INFO, context_source
+from keras_pspnet.data.folder import folder_source
+from keras_pspnet.data.info import IGNORE_LABEL, AugmentConfig, DatasetInfo
+from keras_pspnet.data.pipeline import eval_pipeline, train_pipeline
+from keras_pspnet.data.tfds_sources import TFDS_SOURCES, tfds_source
+
+DATASETS = ("context", *TFDS_SOURCES)
+
+
+def load_source(dataset: str, split: str, *, data_dir: str | None = None, num_classes: int | None = None,
+                validate: bool = True, context_scenes: int | None = None,
+                context_size: int = 192) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Image/mask pairs of `split` and the dataset's info.
+
+    `dataset`: "context" (synthetic), a TFDS name (scene_parse150, cityscapes/semantic_segmentation,
+    oxford_iiit_pet; read from `data_dir`, never downloaded) or the path of a folder dataset.
+    """
+    if dataset == "context":
+        return context_source(split, context_scenes, context_size), CONTEXT_INFO
+    if dataset in TFDS_SOURCES:
+        return tfds_source(dataset, split, data_dir)
+    if os.path.isdir(dataset):
+        return folder_source(dataset, split, num_classes, validate)
+    raise ValueError(f"Unknown dataset {dataset!r}: not a folder, and not one of {list(DATASETS)}.")
+
+
+__all__ = ["AugmentConfig", "CONTEXT_INFO", "DATASETS", "DatasetInfo", "IGNORE_LABEL", "augment", "eval_pipeline",
+           "load_source", "train_pipeline"]

@@ -1,0 +1,114 @@
+"""Custom data in folders: ROOT/<split>/images/*.jpg|png and ROOT/<split>/masks/<same stem>.png.
+
+Masks hold class indices (255 = ignore) as grayscale or palette PNGs (PASCAL VOC style). An optional
+ROOT/classes.json gives the class names and colours: {"classes": [{"name": "sky", "color": [70, 130, 180]}, ...]}
+or simply ["sky", "road", ...].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tqdm import tqdm
+
+from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_mask(path) -> np.ndarray:
+    """Class indices of a mask PNG. PIL keeps a palette PNG's indices; tf.io.decode_png would give colours."""
+    path = path.decode() if isinstance(path, bytes) else path
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P", "1", "I", "I;16"):
+            raise ValueError(f"{path}: mask is {image.mode}; masks hold class indices (grayscale or palette PNG).")
+        return np.asarray(image, dtype=np.uint8) if image.mode != "I" else np.asarray(image).astype(np.uint8)
+
+
+def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.ndarray:
+    """Returns the mask's class values; raises a one-line error naming the file on any problem."""
+    for path in (image_path, mask_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: missing (every image needs a mask with the same stem)")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: empty file")
+    try:
+        with Image.open(image_path) as image:
+            image.verify()
+            image_size = image.size
+    except Exception as error:  # PIL raises many types for broken files
+        raise ValueError(f"{image_path}: cannot read image ({error})") from None
+    try:
+        mask = read_mask(mask_path)
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{mask_path}: cannot read mask ({error})") from None
+    if mask.shape[::-1] != image_size:
+        raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
+                         f"{image_size[0]}x{image_size[1]}")
+    values = np.unique(mask)
+    if num_classes is not None:
+        bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+        if bad.size:
+            raise ValueError(f"{mask_path}: mask values {bad.tolist()} are neither a class (0-{num_classes - 1}) "
+                             f"nor {IGNORE_LABEL}")
+    return values
+
+
+def read_classes(root: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
+    path = os.path.join(root, "classes.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+        entries = entries["classes"] if isinstance(entries, dict) else entries
+        names = tuple(e if isinstance(e, str) else e["name"] for e in entries)
+        colors = [None if isinstance(e, str) else tuple(int(c) for c in e["color"]) for e in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: cannot read class names and colours ({error})") from None
+    if not names:
+        raise ValueError(f"{path}: no classes")
+    fallback = default_colors(len(names))
+    return names, tuple(c or fallback[i] for i, c in enumerate(colors))
+
+
+def folder_source(root: str, split: str, num_classes: int | None = None,
+                  validate: bool = True) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """The pairs of ROOT/<split>, checked up front (sizes, mask values, readability) unless validate=False."""
+    images_dir, masks_dir = os.path.join(root, split, "images"), os.path.join(root, split, "masks")
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f"{images_dir}: no such folder (expected ROOT/<split>/images and ROOT/<split>/masks)")
+    images = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not images:
+        raise ValueError(f"{images_dir}: empty split (no .jpg or .png images)")
+    masks = [os.path.join(masks_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
+    classes = read_classes(root)
+    if classes and num_classes is not None and num_classes != len(classes[0]):
+        raise ValueError(f"{os.path.join(root, 'classes.json')}: {len(classes[0])} classes, but num_classes={num_classes}")
+    known = len(classes[0]) if classes else num_classes
+    if validate or known is None:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            jobs = pool.map(lambda pair: _check_pair(*pair, known), zip(images, masks))
+            values = list(tqdm(jobs, total=len(images), desc=f"checking {root}/{split}", unit="image",
+                               disable=len(images) < 200))
+        if known is None:  # no classes.json and no num_classes: the largest label seen decides
+            labels = np.concatenate(values)
+            known = int(labels[labels != IGNORE_LABEL].max(initial=0)) + 1
+    names, colors = classes or (tuple(f"class_{i}" for i in range(known)), default_colors(known))
+    info = DatasetInfo(os.path.basename(os.path.normpath(root)), names, colors)
+
+    def load(image_path, mask_path):
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        mask = tf.numpy_function(read_mask, [mask_path], tf.uint8, stateful=False)
+        mask.set_shape([None, None])
+        return {"image": image, "mask": mask}
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE), info

@@ -1,0 +1,43 @@
+"""tf.data pipelines: source -> checks -> augment -> batch -> prefetch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from keras_pspnet.data.augment import augment
+from keras_pspnet.data.info import AugmentConfig
+
+
+def check_pair(example: dict, dataset_name: str) -> dict:
+    """Fails the pipeline with a message naming the dataset when image and mask sizes differ."""
+    tf.debugging.assert_equal(tf.shape(example["image"])[:2], tf.shape(example["mask"]),
+                              message=f"{dataset_name}: image and mask of different sizes")
+    return example
+
+
+def train_pipeline(source: tf.data.Dataset, name: str, crop: Sequence[int], batch_size: int, config: AugmentConfig,
+                   mean: Sequence[float], seed: int = 0, start: int = 0, shuffle_buffer: int = 256,
+                   cache: bool = False) -> tf.data.Dataset:
+    """Endless shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]).
+
+    `start` offsets the random stream (the step a resumed run starts from), so a resumed run does not
+    replay the samples of the first steps.
+    """
+    dataset = source.map(lambda e: check_pair(e, name), num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True).repeat()
+
+    def sample(index, example):
+        return augment(example, tf.stack([tf.constant(seed, tf.int64), index + start * batch_size]), crop, config, mean)
+
+    dataset = dataset.enumerate().map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(source: tf.data.Dataset, name: str) -> tf.data.Dataset:
+    """Unaugmented (image uint8 [1, H, W, 3], mask uint8 [1, H, W]) at full resolution, one at a time."""
+    dataset = source.map(lambda e: check_pair(e, name), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(lambda e: (e["image"], e["mask"])).batch(1).prefetch(tf.data.AUTOTUNE)

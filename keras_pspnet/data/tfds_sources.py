@@ -1,0 +1,93 @@
+"""Benchmarks through TensorFlow Datasets, mapped to {"image": uint8 [H, W, 3], "mask": uint8 [H, W]}."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keras_pspnet.data.info import IGNORE_LABEL, AugmentConfig, DatasetInfo, default_colors
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)  # fmt: skip
+CITYSCAPES_CLASSES = (
+    ("road", (128, 64, 128)), ("sidewalk", (244, 35, 232)), ("building", (70, 70, 70)), ("wall", (102, 102, 156)),
+    ("fence", (190, 153, 153)), ("pole", (153, 153, 153)), ("traffic light", (250, 170, 30)),
+    ("traffic sign", (220, 220, 0)), ("vegetation", (107, 142, 35)), ("terrain", (152, 251, 152)),
+    ("sky", (70, 130, 180)), ("person", (220, 20, 60)), ("rider", (255, 0, 0)), ("car", (0, 0, 142)),
+    ("truck", (0, 0, 70)), ("bus", (0, 60, 100)), ("train", (0, 80, 100)), ("motorcycle", (0, 0, 230)),
+    ("bicycle", (119, 11, 32)),
+)  # fmt: skip
+# Cityscapes label id -> train id (cityscapesScripts' labels.py); every other id is ignored.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                        26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def _lookup(mapping: dict[int, int]):
+    """A uint8 -> uint8 label map; the tensor is made inside the tf.data function, not at import (creating a
+    tensor at import would fix the TF runtime before MultiWorkerMirroredStrategy can configure it)."""
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    for source, target in mapping.items():
+        table[source] = target
+    return lambda labels: tf.gather(tf.constant(table), tf.cast(labels, tf.int32))
+
+
+def _ade20k(example):
+    # 0 is "other" (ignored); classes 1..150 shift down by one. The annotation is 3-channel: class in channel 0.
+    label = tf.cast(example["annotation"][..., 0], tf.int32)
+    mask = tf.where(label == 0, IGNORE_LABEL, label - 1)
+    return {"image": example["image"], "mask": tf.cast(mask, tf.uint8)}
+
+
+_cityscapes_ids = _lookup(CITYSCAPES_TRAIN_IDS)
+_pet_trimap = _lookup({1: 1, 2: 0})  # 1 pet, 2 background, 3 border (ignored)
+
+TFDS_SOURCES = {
+    "scene_parse150": (
+        _ade20k,
+        DatasetInfo("scene_parse150", ADE20K_CLASSES, default_colors(150)),
+    ),
+    "cityscapes/semantic_segmentation": (
+        lambda e: {"image": e["image_left"], "mask": _cityscapes_ids(e["segmentation_label"][..., 0])},
+        DatasetInfo("cityscapes", tuple(n for n, _ in CITYSCAPES_CLASSES), tuple(c for _, c in CITYSCAPES_CLASSES),
+                    AugmentConfig(rotate=0.0, blur=False)),
+    ),
+    "oxford_iiit_pet": (
+        lambda e: {"image": e["image"], "mask": _pet_trimap(e["segmentation_mask"][..., 0])},
+        DatasetInfo("oxford_iiit_pet", ("background", "pet"), ((0, 0, 0), (255, 200, 0))),
+    ),
+}
+
+
+def tfds_source(name: str, split: str, data_dir: str | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Reads `name` from the user's TFDS data_dir (never downloads) and maps it to image/mask pairs."""
+    import tensorflow_datasets as tfds
+
+    transform, info = TFDS_SOURCES[name]
+    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        dataset = builder.as_dataset(split=split, shuffle_files=split.startswith("train"))
+    except AssertionError:  # what TFDS raises for a dataset that was never built
+        raise FileNotFoundError(
+            f"{name}: not prepared in the TFDS data_dir {builder.data_dir}. Build it once with internet access: "
+            f"`tfds build {name}{' --data_dir ' + data_dir if data_dir else ''}` "
+            "(Cityscapes needs its archives downloaded by hand into <data_dir>/downloads/manual first)."
+        ) from None
+    except ValueError as error:  # unknown split
+        raise ValueError(f"{name}: {error}") from None
+    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE), info

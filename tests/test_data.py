@@ -1,0 +1,195 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from keras_pspnet.data import CONTEXT_INFO, AugmentConfig, augment, load_source, train_pipeline
+from keras_pspnet.data.augment import gaussian_blur
+from keras_pspnet.data.context import context_scene
+from keras_pspnet.data.info import default_colors
+
+MEAN = (123.675, 116.28, 103.53)
+
+
+def test_context_scenes_need_their_surroundings():
+    for index in range(20):
+        scene = {k: v.numpy() for k, v in context_scene(index).items()}
+        assert scene["image"].shape == (192, 192, 3) and scene["image"].dtype == np.uint8
+        np.testing.assert_array_equal(scene["mask"], context_scene(index)["mask"].numpy())  # deterministic
+        classes = set(np.unique(scene["mask"]).tolist())
+        assert classes in ({0, 2}, {1, 3})  # boats only on water, cars only on road
+        rows, cols = np.nonzero(scene["mask"] >= 2)
+        for extent in (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1):
+            assert 0.70 * 192 - 1 <= extent <= 0.92 * 192 + 1
+
+
+def test_boats_and_cars_look_the_same_inside():
+    for index in range(10):
+        boat = {k: v.numpy() for k, v in context_scene(index, surroundings="water").items()}
+        car = {k: v.numpy() for k, v in context_scene(index, surroundings="road").items()}
+        inside = boat["mask"] == 2
+        np.testing.assert_array_equal(car["mask"] == 3, inside)
+        np.testing.assert_array_equal(boat["image"][inside], car["image"][inside])  # pixel for pixel
+        assert not np.array_equal(boat["image"][~inside], car["image"][~inside])
+
+
+def palette_image(mask):
+    colors = np.array(default_colors(256), np.float32)
+    return colors[mask]
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 6, (10, 14)).astype(np.uint8)
+    mask = np.kron(blocks, np.ones((24, 24), np.uint8))  # 240x336, 24-pixel blocks
+    example = {"image": tf.constant(palette_image(mask).astype(np.uint8)), "mask": tf.constant(mask)}
+    colors = np.array(default_colors(6), np.float32)
+    config = AugmentConfig(blur=False)
+    for i in range(8):
+        image, out = augment(example, tf.constant([3, i], tf.int64), (200, 200), config, MEAN)
+        image, out = image.numpy(), out.numpy()
+        labelled = out != 255
+        nearest = np.argmin(((image[..., None, :] - colors) ** 2).sum(-1), axis=-1)
+        assert labelled.mean() > 0.2
+        assert (nearest[labelled] == out[labelled]).mean() > 0.97  # disagreement only at block borders
+
+
+def test_padding_fills_image_with_mean_and_mask_with_ignore():
+    example = {"image": tf.fill([50, 40, 3], tf.constant(200, tf.uint8)), "mask": tf.zeros([50, 40], tf.uint8)}
+    config = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, blur=False, flip=False)
+    image, mask = augment(example, tf.constant([0, 0], tf.int64), (64, 64), config, MEAN)
+    image, mask = image.numpy(), mask.numpy()
+    assert (mask == 0).sum() == 50 * 40 and (mask == 255).sum() == 64 * 64 - 50 * 40
+    np.testing.assert_allclose(image[mask == 255], np.broadcast_to(MEAN, image[mask == 255].shape), atol=1e-4)
+    np.testing.assert_allclose(image[mask == 0], 200.0)
+
+
+def test_gaussian_blur_matches_numpy_reference(rng):
+    image = rng.uniform(0, 255, (9, 11, 3)).astype(np.float32)
+    x = np.arange(5) - 2.0
+    kernel = np.exp(-(x**2) / (2 * 1.1**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")  # OpenCV's default border
+    rows = sum(kernel[i] * padded[i : i + 9] for i in range(5))
+    expected = sum(kernel[j] * rows[:, j : j + 11] for j in range(5))
+    np.testing.assert_allclose(gaussian_blur(tf.constant(image)).numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_train_pipeline_batches():
+    source, info = load_source("context", "train", context_scenes=12)
+    images, masks = next(iter(train_pipeline(source, info.name, (96, 128), 4, AugmentConfig(), MEAN)))
+    assert images.shape == (4, 96, 128, 3) and images.dtype == tf.float32
+    assert masks.shape == (4, 96, 128) and masks.dtype == tf.uint8
+
+
+def mock_examples(examples):
+    def as_dataset(self, split, **kwargs):
+        return tf.data.Dataset.from_tensor_slices({k: tf.constant(np.stack([e[k] for e in examples]))
+                                                   for k in examples[0]})
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def test_ade20k_ignores_other_and_shifts_classes():
+    annotation = np.zeros((4, 5, 3), np.uint8)
+    annotation[..., 0] = [[0, 1, 2, 150, 7]] * 4
+    annotation[..., 1] = 99  # instance channels must not leak into the class
+    with mock_examples([{"image": np.zeros((4, 5, 3), np.uint8), "annotation": annotation}]):
+        source, info = load_source("scene_parse150", "train")
+        mask = next(iter(source))["mask"].numpy()
+    assert info.num_classes == 150
+    np.testing.assert_array_equal(mask[0], [255, 0, 1, 149, 6])
+
+
+def test_cityscapes_maps_label_ids_to_train_ids():
+    labels = np.array([[[0], [7], [8], [26], [33], [34]]], np.uint8).repeat(2, axis=0)
+    with mock_examples([{"image_left": np.zeros((2, 6, 3), np.uint8), "segmentation_label": labels}]):
+        source, info = load_source("cityscapes/semantic_segmentation", "validation")
+        mask = next(iter(source))["mask"].numpy()
+    assert info.num_classes == 19 and info.class_names[13] == "car"
+    np.testing.assert_array_equal(mask[0], [255, 0, 1, 13, 18, 255])
+
+
+def test_pet_trimap():
+    trimap = np.array([[[1], [2], [3]]], np.uint8)
+    with mock_examples([{"image": np.zeros((1, 3, 3), np.uint8), "segmentation_mask": trimap}]):
+        source, _ = load_source("oxford_iiit_pet", "train")
+        np.testing.assert_array_equal(next(iter(source))["mask"].numpy()[0], [1, 0, 255])
+
+
+def test_missing_tfds_dataset_explains_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="scene_parse150: not prepared .* `tfds build scene_parse150"):
+        load_source("scene_parse150", "train", data_dir=str(tmp_path))
+
+
+def write_folder(root, split="train", count=3, size=(40, 30), palette=True, classes=None):
+    images, masks = root / split / "images", root / split / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(images / f"img{i}.jpg")
+        mask = rng.integers(0, 3, size[::-1]).astype(np.uint8)
+        mask[0, 0] = 255
+        if palette:  # PASCAL VOC style: the file holds indices, a viewer shows colours
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette([c for color in default_colors(256) for c in color])
+        else:
+            png = Image.fromarray(mask, mode="L")
+        png.save(masks / f"img{i}.png")
+    if classes:
+        (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    return root
+
+
+@pytest.mark.parametrize("palette", [True, False])
+def test_folder_masks_yield_indices(tmp_path, palette):
+    root = write_folder(tmp_path, palette=palette,
+                        classes=[{"name": "sky", "color": [0, 0, 255]}, {"name": "road", "color": [9, 9, 9]}, "car"])
+    source, info = load_source(str(root), "train")
+    example = next(iter(source))
+    expected = np.asarray(Image.open(root / "train" / "masks" / "img0.png"))
+    np.testing.assert_array_equal(example["mask"].numpy(), expected)
+    assert example["image"].shape == (30, 40, 3)
+    assert info.class_names == ("sky", "road", "car") and info.colors[0] == (0, 0, 255)
+    assert info.colors[2] == default_colors(3)[2]
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    root = write_folder(tmp_path, classes=["a", "b", "c"])
+    masks = root / "train" / "masks"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "img1.png")
+    with pytest.raises(ValueError, match="img1.png: mask is 10x10, its image .*img1.jpg is 40x30"):
+        load_source(str(root), "train")
+    Image.fromarray(np.full((30, 40), 7, np.uint8)).save(masks / "img1.png")
+    with pytest.raises(ValueError, match=r"img1.png: mask values \[7\] are neither a class \(0-2\) nor 255"):
+        load_source(str(root), "train")
+    (masks / "img1.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="img1.png: empty file"):
+        load_source(str(root), "train")
+    (masks / "img1.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="img1.png: cannot read mask"):
+        load_source(str(root), "train")
+    os.remove(masks / "img1.png")
+    with pytest.raises(FileNotFoundError, match="img1.png: missing"):
+        load_source(str(root), "train")
+    (root / "val" / "images").mkdir(parents=True)
+    with pytest.raises(ValueError, match="val/images: empty split"):
+        load_source(str(root), "val")
+    with pytest.raises(ValueError, match="Unknown dataset 'nowhere'"):
+        load_source("nowhere", "train")
+
+
+def test_tfds_image_mask_size_mismatch_is_reported():
+    example = {"image": np.zeros((4, 5, 3), np.uint8), "annotation": np.zeros((6, 5, 3), np.uint8)}
+    with mock_examples([example]):
+        source, info = load_source("scene_parse150", "train")
+        with pytest.raises(tf.errors.InvalidArgumentError, match="scene_parse150: image and mask of different sizes"):
+            next(iter(train_pipeline(source, info.name, (8, 8), 1, AugmentConfig(), MEAN)))
+
+
+def test_context_info():
+    assert CONTEXT_INFO.class_names == ("water", "road", "boat", "car")

@@ -1,0 +1,172 @@
+"""Training: one device vs MirroredStrategy, two workers, SIGKILL and resume, run-directory safety."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_pspnet.config import load_config
+from keras_pspnet.train import train
+
+TINY = ["dataset=context", "context_scenes=8", "crop_size=[64, 64]", "batch_size=4", "optimizer=sgd",
+        "model={backbone: resnet10, stages: 3, base_width: 4, head_channels: 8, aux_channels: 4}",
+        "val_split=null", "log_every=1"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import json, sys, keras, numpy as np
+from keras_pspnet import build_pspnet
+from keras_pspnet.config import TrainConfig
+from keras_pspnet.losses import SegmentationCrossEntropy
+from keras_pspnet.train import make_optimizer, make_strategy, make_train_step, training_loss
+
+rng = np.random.default_rng(0)
+images = rng.uniform(0, 255, (4, 48, 48, 3)).astype("float32")
+masks = rng.integers(0, 3, (4, 48, 48)).astype("uint8")
+masks[0, :30] = 255  # the replicas see different numbers of labelled pixels
+build = lambda sync: build_pspnet(3, "resnet18", stages=3, base_width=4, head_channels=8, aux_channels=4,
+                                  aux_head=True, dropout=0.0, sync_batchnorm=sync)
+initial = build(False).get_weights()
+config = TrainConfig(steps=10, learning_rate=0.1)
+
+def fit(strategy):
+    with strategy.scope():
+        model = build(strategy.num_replicas_in_sync > 1)
+        model.set_weights(initial)
+        loss = SegmentationCrossEntropy()
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss={"logits": loss, "aux": loss},
+                      loss_weights={"logits": 1.0, "aux": 0.4})
+    model.fit(images, {"logits": masks, "aux": masks}, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+def loop(strategy):
+    with strategy.scope():
+        model = build(strategy.num_replicas_in_sync > 1)
+        model.set_weights(initial)
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+    data = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    step = make_train_step(model, optimizer, training_loss(config, 255), strategy)
+    losses = [float(step(iterator)) for _ in range(2)]
+    return model.get_weights(), losses
+
+def distance(a, b):  # relative, floored: conv biases before BN get ~zero gradients and stay ~zero
+    return max(float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-3)) for x, y in zip(a, b))
+
+single, mirrored = tf.distribute.get_strategy(), make_strategy("mirrored")
+(one, one_losses), (two, two_losses) = loop(single), loop(mirrored)
+print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "fit": distance(fit(single), fit(mirrored)),
+                  "loop": distance(one, two), "moved": distance(initial, one), "losses": [one_losses, two_losses]}))
+"""
+
+
+def test_two_replicas_give_the_update_of_one_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["replicas"] == 2
+    assert figures["moved"] > 1e-3  # the steps really changed the weights
+    assert figures["fit"] < 1e-4 and figures["loop"] < 1e-4
+    np.testing.assert_allclose(*figures["losses"], rtol=1e-5)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pspnet(*args):
+    return [sys.executable, "-m", "keras_pspnet.cli", *args]
+
+
+def test_two_workers_finish_with_identical_weights(tmp_path):
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    run_dir = str(tmp_path / "run")
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        args = pspnet("train", "--out", run_dir, *[a for s in TINY + ["steps=3", "checkpoint_every=2"] for a in ("--set", s)])
+        processes.append(subprocess.Popen(args, env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    chief = keras.saving.load_model(os.path.join(run_dir, "final.keras")).get_weights()
+    worker = keras.saving.load_model(os.path.join(run_dir, "worker-1", "final.keras")).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(chief, worker))
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-2.index"))
+
+
+def test_sigkill_then_same_command_resumes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = pspnet("train", "--out", run_dir, *[a for s in TINY + ["steps=40", "checkpoint_every=5"] for a in ("--set", s)])
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-10.index")):
+        assert process.poll() is None and time.time() < deadline, "training ended before its checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(run_dir, "final.keras"))
+    resumed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(re.search(r"resuming .* from step (\d+)", resumed.stdout).group(1))
+    assert start >= 10 and start % 5 == 0
+    # The optimizer state (iterations, hence the poly LR position, and momentum) came back from the checkpoint.
+    import tensorflow as tf
+
+    from keras_pspnet.train import build_model, make_optimizer
+
+    config = load_config(os.path.join(run_dir, "config.yaml"))
+    model = build_model(config, 4, sync_batchnorm=False)
+    optimizer = make_optimizer(config)
+    optimizer.build(model.trainable_variables)
+    tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=tf.Variable(-1.0)).restore(
+        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))).assert_existing_objects_matched()
+    assert int(optimizer.iterations) == 40
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # poly schedule ran to its end
+    assert "trained" in resumed.stdout and os.path.exists(os.path.join(run_dir, "final.keras"))
+
+
+def test_finished_run_is_not_overwritten(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    config = load_config(None, TINY + ["steps=2", "val_split=validation", "context_scenes=4"])
+    result = train(config, run_dir, verbose=False)
+    assert result["metrics"][-1]["step"] == 2 and 0 <= result["metrics"][-1]["mIoU"] <= 1
+    before = os.path.getmtime(os.path.join(run_dir, "final.keras"))
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        train(config, run_dir, verbose=False)
+    assert os.path.getmtime(os.path.join(run_dir, "final.keras")) == before
+    other = str(tmp_path / "other")
+    train(load_config(None, TINY + ["steps=4", "checkpoint_every=2", "val_split=null"]), other, verbose=False)
+    os.remove(os.path.join(other, "final.keras"))  # an unfinished run
+    with pytest.raises(ValueError, match="different config \\(learning_rate differ\\)"):
+        train(load_config(None, TINY + ["steps=4", "checkpoint_every=2", "learning_rate=0.5"]), other, verbose=False)
+
+
+def test_evaluate_command(tmp_path):
+    run_dir = str(tmp_path / "run")
+    train(load_config(None, TINY + ["steps=2"]), run_dir, verbose=False)
+    out = str(tmp_path / "eval.json")
+    model = os.path.join(run_dir, "final.keras")
+    result = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out, "--mode", "slide",
+                                   "--crop", "48x48", "--flip"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.load(open(out))
+    assert written["images"] == 100 and "boat" in written["per_class_iou"]
+    assert f"{100 * written['mIoU']:5.1f}" in result.stdout
+    again = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out), env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already exists" in again.stderr
