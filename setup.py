@@ -15,6 +15,7 @@ setup(
         "cpu": ["tensorflow-cpu==2.21.*"],
         "convert": ["torch>=2.0"],
         "jax": ["jax"],
+        "serving": ["ai-edge-litert"],  # + `pip install --no-deps tensorflow-serving-api` (see serving/README.md)
         "test": ["pytest", "torch>=2.0", "jax", "ai-edge-litert"],
     },
     entry_points={"console_scripts": ["pspnet=keras_pspnet.cli:main"]},

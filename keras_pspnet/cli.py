@@ -41,19 +41,15 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     import json
 
-    import keras
-
-    import keras_pspnet  # noqa: F401  (registers the custom layers for loading)
     from keras_pspnet.data import load_source
     from keras_pspnet.evaluate import MULTI_SCALES, evaluate
     from keras_pspnet.metrics import format_table
 
-    if not os.path.exists(args.model):
-        raise FileNotFoundError(f"{args.model}: model not found")
     if args.json and os.path.exists(args.json) and not args.force:
         raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
-    model = keras.saving.load_model(args.model)
-    source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes)
+    model = _load_keras(args.model)
+    source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
+                               context_size=args.context_size)
     scales = MULTI_SCALES if args.multi_scale else (1.0,)
     crop = _size(args.crop) if args.crop else None
     results = evaluate(model, source, info, mode=args.mode, crop=crop, scales=scales, flip=args.flip)
@@ -63,6 +59,76 @@ def _evaluate(args) -> None:
             json.dump({"model": args.model, "data": args.data, "split": args.split, "mode": args.mode,
                        "scales": list(scales), "flip": args.flip, **results}, f, indent=1)
         print(f"wrote {args.json}")
+
+
+def _load_keras(path: str):
+    import keras
+
+    import keras_pspnet  # noqa: F401  (registers the custom layers for loading)
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: model not found")
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
+
+
+def _calibration_images(spec: str, split: str, count: int):
+    """Up to `count` uint8 images from a folder of images, or from a dataset (context, TFDS, folder dataset)."""
+    from keras_pspnet.data import load_source
+    from keras_pspnet.data.folder import IMAGE_SUFFIXES
+    from keras_pspnet.predict import read_image
+
+    if os.path.isdir(spec) and not os.path.isdir(os.path.join(spec, split)):
+        files = sorted(f for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))[:count]
+        if not files:
+            raise ValueError(f"{spec}: no .jpg or .png images to calibrate with")
+        return [read_image(os.path.join(spec, f)) for f in files]
+    source, _ = load_source(spec, split)
+    return [example["image"].numpy() for example in source.take(count)]
+
+
+def _export(args) -> None:
+    from keras_pspnet.data.classes import resolve_classes
+    from keras_pspnet.export import export_saved_model, export_tflite
+
+    model = _load_keras(args.model)
+    info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model)
+    if args.format == "savedmodel":
+        if args.quantize != "none" or args.input_size or args.calibration:
+            raise ValueError("--quantize, --input-size and --calibration are for --format tflite")
+        path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,
+                                  warmup_sizes=[_size(args.warmup_size)] if args.warmup_size != "none" else [])
+        print(f"{args.model} -> {path} (signatures serving_default, encoded, logits)")
+        return
+    if not args.input_size:
+        raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
+    if not args.out.endswith(".tflite"):
+        raise ValueError(f"{args.out}: the output of --format tflite must be a .tflite file")
+    if args.force and os.path.exists(args.out):
+        os.remove(args.out)
+    calibration = None
+    if args.quantize == "int8" and args.calibration:
+        calibration = _calibration_images(args.calibration, args.calibration_split, args.calibration_count)
+    path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
+                         calibration=calibration)
+    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}) "
+          f"and {os.path.splitext(path)[0]}.json")
+
+
+def _predict(args) -> int:
+    from keras_pspnet.evaluate import MULTI_SCALES
+    from keras_pspnet.predict import classes_for, load_predictor, predict_files
+
+    predictor = load_predictor(args.model)
+    info = classes_for(predictor, args.classes, args.model)
+    failed = predict_files(predictor, args.images, args.out, info, mode=args.mode,
+                           crop=_size(args.crop) if args.crop else None,
+                           scales=MULTI_SCALES if args.multi_scale else (1.0,), flip=args.flip, force=args.force)
+    done = len(args.images) - len(failed)
+    print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
+    return 1 if failed else 0
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -112,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="validation")
     evaluate.add_argument("--data-dir", help="TFDS data_dir")
     evaluate.add_argument("--num-classes", type=int, help="folder datasets without classes.json")
+    evaluate.add_argument("--context-size", type=int, default=288, help="side of the synthetic context scenes")
     evaluate.add_argument("--mode", choices=("whole", "slide"), default="whole")
     evaluate.add_argument("--crop", help="sliding-window size HxW (e.g. 473x473)")
     evaluate.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
@@ -119,6 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the results here")
     evaluate.add_argument("--force", action="store_true", help="replace --json if it exists")
     evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="SavedModel for TF Serving, or .tflite for phones")
+    export.add_argument("model", help="a .keras model")
+    export.add_argument("--out", required=True, help="TF Serving model directory (models/NAME) or FILE.tflite")
+    export.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel")
+    export.add_argument("--version", type=int, help="SavedModel version (default: the next free one; never replaced)")
+    export.add_argument("--probabilities", action="store_true", help="SavedModel: also output probabilities")
+    export.add_argument("--warmup-size", default="473x473", help="SavedModel warmup request size HxW, or none")
+    export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
+    export.add_argument("--input-size", help="TFLite input size HxW")
+    export.add_argument("--calibration", help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
+    export.add_argument("--calibration-split", default="train")
+    export.add_argument("--calibration-count", type=int, default=64)
+    export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
+                        "classes.json (default: classes.json beside the model)")
+    export.add_argument("--force", action="store_true", help="TFLite: replace --out if it exists")
+    export.set_defaults(run=_export)
+
+    predict = commands.add_parser("predict", help="label, colour and overlay PNGs for images")
+    predict.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--out", required=True, help="output directory")
+    predict.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    predict.add_argument("--crop", help="sliding-window size HxW (default for .tflite: its input size)")
+    predict.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
+    predict.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    predict.add_argument("--classes", help="context, ade20k, cityscapes, voc, pets or a classes.json")
+    predict.add_argument("--force", action="store_true", help="replace existing outputs")
+    predict.set_defaults(run=_predict)
 
     presets = commands.add_parser("presets", help="list the named model configurations")
     presets.set_defaults(run=_presets)
@@ -128,11 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except (ValueError, OSError, ImportError) as error:
         print(f"pspnet: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     return folded
 
 
-def model_mean(model: keras.Model) -> np.ndarray:
-    """The RGB mean a PSPNet subtracts from its input pixels (mid-grey for other models)."""
+def model_mean(model) -> np.ndarray:
+    """The RGB mean a PSPNet subtracts from its input pixels (a predictor's `mean`; mid-grey otherwise)."""
+    if not isinstance(model, keras.Model):
+        return np.asarray(model.mean, np.float32)
     try:
         return np.asarray(model.get_layer("normalize").mean, np.float32).reshape(3)
     except ValueError:
@@ -102,9 +104,12 @@ def _sliding_window(model, image, crop, flip, fill, stride_rate=2 / 3):
     return (total / count)[top : top + height, left : left + width]
 
 
-def predict_probabilities(model: keras.Model, image: np.ndarray, *, mode: str = "whole", crop=None,
-                          scales=(1.0,), flip: bool = False, fill=None) -> np.ndarray:
+def predict_probabilities(model, image: np.ndarray, *, mode: str = "whole", crop=None, scales=(1.0,),
+                          flip: bool = False, fill=None) -> np.ndarray:
     """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255) at its resolution.
+
+    `model`: a Keras model or any predictor with `predict_on_batch(images) -> logits` and `mean`
+    (`keras_pspnet.predict` has them for SavedModels and .tflite files).
 
     Args:
         mode: "whole" (the model on the whole image) or "slide" (windows of `crop`, stride 2/3 of it).

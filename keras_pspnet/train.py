@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.config import TrainConfig, save_config
-from keras_pspnet.data import AugmentConfig, load_source, train_pipeline
+from keras_pspnet.data import load_source, train_pipeline
+from keras_pspnet.data.classes import CLASSES_FILE, write_classes
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import build_pspnet, inference_model
@@ -152,6 +153,8 @@ def train(config: TrainConfig, run_dir: str, *, resume: bool = False, verbose: b
     if config.val_split:
         val_source, _ = load_source(config.dataset, config.val_split, data_dir=config.data_dir,
                                     num_classes=info.num_classes, context_size=config.context_size)
+    if out.chief:
+        write_classes(info, out(CLASSES_FILE))  # predict and export read the class names and colours here
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {replicas} replicas.")

@@ -28,3 +28,18 @@ def relative_error(actual, expected) -> float:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def trained_context_model(tmp_path_factory):
+    """A small PSPNet trained for a few seconds on 96x96 context scenes (confident, like a real model)."""
+    from keras_pspnet.config import load_config
+    from keras_pspnet.train import train
+
+    run_dir = str(tmp_path_factory.mktemp("context_run") / "run")
+    config = load_config(None, ["dataset=context", "context_size=96", "context_scenes=64", "crop_size=[96, 96]",
+                                "batch_size=8", "steps=80", "optimizer=adam", "learning_rate=0.003",
+                                "weight_decay=0.0", "aux_weight=0.0", "val_split=null", "cache=true",
+                                "model={backbone: resnet10, stages: 3, base_width: 8, head_channels: 16}"])
+    train(config, run_dir, verbose=False)
+    return os.path.join(run_dir, "final.keras")

@@ -17,9 +17,9 @@ MEAN = (123.675, 116.28, 103.53)
 
 def test_context_scenes_need_their_surroundings():
     for index in range(20):
-        scene = {k: v.numpy() for k, v in context_scene(index).items()}
+        scene = {k: v.numpy() for k, v in context_scene(index, 192).items()}
         assert scene["image"].shape == (192, 192, 3) and scene["image"].dtype == np.uint8
-        np.testing.assert_array_equal(scene["mask"], context_scene(index)["mask"].numpy())  # deterministic
+        np.testing.assert_array_equal(scene["mask"], context_scene(index, 192)["mask"].numpy())  # deterministic
         classes = set(np.unique(scene["mask"]).tolist())
         assert classes in ({0, 2}, {1, 3})  # boats only on water, cars only on road
         rows, cols = np.nonzero(scene["mask"] >= 2)
@@ -80,7 +80,7 @@ def test_gaussian_blur_matches_numpy_reference(rng):
 
 
 def test_train_pipeline_batches():
-    source, info = load_source("context", "train", context_scenes=12)
+    source, info = load_source("context", "train", context_scenes=12, context_size=192)
     images, masks = next(iter(train_pipeline(source, info.name, (96, 128), 4, AugmentConfig(), MEAN)))
     assert images.shape == (4, 96, 128, 3) and images.dtype == tf.float32
     assert masks.shape == (4, 96, 128) and masks.dtype == tf.uint8

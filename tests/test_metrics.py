@@ -30,7 +30,7 @@ def pointwise_model(num_classes=4, seed=0):
 
 
 def test_evaluate_equals_numpy_at_full_resolution():
-    source = context_source("validation", num_scenes=6)
+    source = context_source("validation", num_scenes=6, size=96)
     info = DatasetInfo("context", ("water", "road", "boat", "car"), ((0, 0, 0),) * 4)
     model = pointwise_model()
     results = evaluate(model, source, info, progress=False)

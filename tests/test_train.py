@@ -16,7 +16,7 @@ import pytest
 from keras_pspnet.config import load_config
 from keras_pspnet.train import train
 
-TINY = ["dataset=context", "context_scenes=8", "crop_size=[64, 64]", "batch_size=4", "optimizer=sgd",
+TINY = ["dataset=context", "context_scenes=8", "context_size=64", "crop_size=[64, 64]", "batch_size=4", "optimizer=sgd",
         "model={backbone: resnet10, stages: 3, base_width: 4, head_channels: 8, aux_channels: 4}",
         "val_split=null", "log_every=1"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -162,11 +162,12 @@ def test_evaluate_command(tmp_path):
     out = str(tmp_path / "eval.json")
     model = os.path.join(run_dir, "final.keras")
     result = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out, "--mode", "slide",
-                                   "--crop", "48x48", "--flip"), env=ENV, capture_output=True, text=True, timeout=600)
+                                   "--crop", "48x48", "--flip", "--context-size", "64"), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.load(open(out))
     assert written["images"] == 100 and "boat" in written["per_class_iou"]
     assert f"{100 * written['mIoU']:5.1f}" in result.stdout
-    again = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out), env=ENV,
+    again = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out, "--context-size",
+                                  "64"), env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists" in again.stderr

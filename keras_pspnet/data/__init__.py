@@ -7,7 +7,7 @@ import os
 import tensorflow as tf
 
 from keras_pspnet.data.augment import augment
-from keras_pspnet.data.context import CONTEXT_INFO, context_source
+from keras_pspnet.data.context import CONTEXT_INFO, DEFAULT_SIZE, context_source
 from keras_pspnet.data.folder import folder_source
 from keras_pspnet.data.info import IGNORE_LABEL, AugmentConfig, DatasetInfo
 from keras_pspnet.data.pipeline import eval_pipeline, train_pipeline
@@ -18,7 +18,7 @@ DATASETS = ("context", *TFDS_SOURCES)
 
 def load_source(dataset: str, split: str, *, data_dir: str | None = None, num_classes: int | None = None,
                 validate: bool = True, context_scenes: int | None = None,
-                context_size: int = 192) -> tuple[tf.data.Dataset, DatasetInfo]:
+                context_size: int = DEFAULT_SIZE) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Image/mask pairs of `split` and the dataset's info.
 
     `dataset`: "context" (synthetic), a TFDS name (scene_parse150, cityscapes/semantic_segmentation,

@@ -61,8 +61,9 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
     return values
 
 
-def read_classes(root: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
-    path = os.path.join(root, "classes.json")
+def read_classes(root: str, filename: str = "classes.json") -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
+    """(names, colours) from ROOT/classes.json, None when there is none; colours default to the VOC map."""
+    path = os.path.join(root, filename)
     if not os.path.isfile(path):
         return None
     try:

@@ -1,0 +1,113 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from keras_pspnet import build_pspnet
+from keras_pspnet.data.classes import CLASS_SETS
+from keras_pspnet.data.context import context_scene
+from keras_pspnet.export import export_saved_model, export_tflite
+from tests.conftest import randomize_batchnorm
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = build_pspnet(4, "mobilenet_v2", alpha=0.35, head_channels=8)
+    randomize_batchnorm(model)
+    base = str(tmp_path_factory.mktemp("models") / "pspnet")
+    path = export_saved_model(model, base, CLASS_SETS["context"], probabilities=True, warmup_sizes=[(32, 48)])
+    return model, base, path
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 129), (50, 70)])
+def test_saved_model_equals_predict(exported, rng, size):
+    model, _, path = exported
+    loaded = tf.saved_model.load(path)
+    pixels = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    logits = model.predict(pixels.astype(np.float32), verbose=0)
+    served = loaded.signatures["serving_default"](images=tf.constant(pixels))
+    np.testing.assert_array_equal(served["class_map"].numpy(), logits.argmax(-1))
+    np.testing.assert_allclose(served["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+    raw = loaded.signatures["logits"](images=tf.constant(pixels, tf.float32))["logits"].numpy()
+    np.testing.assert_allclose(raw, logits, atol=1e-5, rtol=1e-5)
+    encoded = [tf.io.encode_png(p).numpy() for p in pixels]
+    from_bytes = loaded.signatures["encoded"](image_bytes=tf.constant(encoded))["class_map"].numpy()
+    np.testing.assert_array_equal(from_bytes, logits.argmax(-1))
+
+
+def test_layout_versions_warmup_and_metadata(exported):
+    model, base, path = exported
+    assert path == os.path.join(base, "1") and sorted(os.listdir(base)) == ["1"]  # no temporary left behind
+    second = export_saved_model(model, base, CLASS_SETS["context"], warmup_sizes=[])
+    assert second == os.path.join(base, "2")
+    with pytest.raises(FileExistsError, match="version 1 already exists"):
+        export_saved_model(model, base, CLASS_SETS["context"], version=1)
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+               tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))]
+    assert [r.predict_log.request.model_spec.signature_name for r in records] == ["serving_default", "encoded"]
+    assert list(tf.make_ndarray(records[0].predict_log.request.inputs["images"]).shape) == [1, 32, 48, 3]
+    meta = json.load(open(os.path.join(path, "assets.extra", "pspnet.json")))
+    assert [c["name"] for c in meta["classes"]] == ["water", "road", "boat", "car"]
+    assert meta["normalization"]["mean"] == pytest.approx([123.675, 116.28, 103.53])
+
+
+def test_saved_model_cli_shows_the_signatures(exported):
+    _, _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for text in ("signature_def['serving_default']", "signature_def['encoded']", "signature_def['logits']",
+                 "inputs['images'] tensor_info:", "dtype: DT_UINT8", "inputs['image_bytes']", "outputs['class_map']"):
+        assert text in shown.stdout
+
+
+def tflite_run(path, image):
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    return runner(images=image[None])
+
+
+@pytest.fixture(scope="module")
+def trained(trained_context_model):
+    scenes = [context_scene(i, 96, seed=3)["image"].numpy() for i in range(8)]
+    return keras.saving.load_model(trained_context_model), scenes
+
+
+@pytest.mark.parametrize("quantize,agreement", [("none", 1.0), ("fp16", 0.99), ("int8", 0.97)])
+def test_tflite_agrees_with_keras(trained, tmp_path, quantize, agreement):
+    model, scenes = trained
+    path = str(tmp_path / f"model_{quantize}.tflite")
+    calibration = [context_scene(i, 96, seed=1)["image"].numpy() for i in range(16)]
+    export_tflite(model, path, CLASS_SETS["context"], input_size=(96, 96), quantize=quantize,
+                  calibration=calibration if quantize == "int8" else None)
+    content = open(path, "rb").read()
+    assert b"Flex" not in content  # builtin ops only
+    same, total = 0, 0
+    for image in scenes:
+        out = tflite_run(path, image)
+        logits = model.predict(image[None].astype(np.float32), verbose=0)[0]
+        if quantize == "none":
+            np.testing.assert_allclose(out["logits"][0], logits, atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(out["class_map"][0], out["logits"][0].argmax(-1))
+        same += np.sum(out["class_map"][0] == logits.argmax(-1))
+        total += logits.shape[0] * logits.shape[1]
+    assert same / total >= agreement
+    meta = json.load(open(str(tmp_path / f"model_{quantize}.json")))
+    assert meta["input_size"] == [96, 96] and meta["quantization"] == quantize and meta["input_dtype"] == "uint8"
+    assert meta["classes"][2] == {"index": 2, "name": "boat", "color": [230, 160, 40]}
+
+
+def test_tflite_errors(trained, tmp_path):
+    model, _ = trained
+    with pytest.raises(ValueError, match="int8 quantization needs calibration images"):
+        export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96), quantize="int8")
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="m.tflite: already exists"):
+        export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96))

@@ -1,0 +1,94 @@
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_pspnet.data.classes import CLASS_SETS
+from keras_pspnet.data.context import context_scene
+from keras_pspnet.export import export_saved_model, export_tflite
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def pspnet(*args):
+    return subprocess.run([sys.executable, "-m", "keras_pspnet.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def setup(trained_context_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    images = []
+    for i in range(3):
+        path = str(root / f"scene{i}.png")
+        Image.fromarray(context_scene(i, 96, seed=3)["image"].numpy()).save(path)
+        images.append(path)
+    bad = root / "notes.jpg"
+    bad.write_text("not an image")
+    model = keras.saving.load_model(trained_context_model)
+    saved = export_saved_model(model, str(root / "models" / "pspnet"), CLASS_SETS["context"], warmup_sizes=[])
+    tflite = export_tflite(model, str(root / "model.tflite"), CLASS_SETS["context"], input_size=(96, 96))
+    return model, images, str(bad), saved, tflite, root
+
+
+@pytest.mark.parametrize("kind", ["keras", "savedmodel", "tflite"])
+def test_predict_writes_label_color_overlay(setup, trained_context_model, kind):
+    model, images, _, saved, tflite, root = setup
+    source = {"keras": trained_context_model, "savedmodel": os.path.dirname(saved), "tflite": tflite}[kind]
+    out = str(root / f"out_{kind}")
+    result = pspnet("predict", "--model", source, *images, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        label = Image.open(os.path.join(out, f"{stem}_label.png"))
+        assert label.mode == "P"  # indices in the file, colours in viewers
+        expected = model.predict(np.asarray(Image.open(path))[None].astype(np.float32), verbose=0)[0].argmax(-1)
+        np.testing.assert_array_equal(np.asarray(label), expected)
+        color = np.asarray(Image.open(os.path.join(out, f"{stem}_color.png")))
+        np.testing.assert_array_equal(color, np.array(CLASS_SETS["context"].colors, np.uint8)[expected])
+        assert os.path.exists(os.path.join(out, f"{stem}_overlay.png"))
+    assert os.path.exists(os.path.join(out, "legend.png"))
+
+
+def test_bad_image_is_reported_and_others_processed(setup):
+    _, images, bad, _, _, root = setup
+    out = str(root / "out_bad")
+    result = pspnet("predict", "--model", setup[4], bad, images[0], "--out", out)
+    assert result.returncode == 1
+    assert f"pspnet: error: {bad}: not an image" in result.stderr and "Traceback" not in result.stderr
+    assert os.path.exists(os.path.join(out, "scene0_label.png"))
+    again = pspnet("predict", "--model", setup[4], images[0], "--out", out)  # outputs are never replaced silently
+    assert again.returncode == 1 and "scene0_label.png: already exists" in again.stderr
+
+
+def test_tflite_input_of_wrong_size(setup, tmp_path):
+    path = str(tmp_path / "big.png")
+    Image.fromarray(context_scene(0, 128)["image"].numpy()).save(path)
+    result = pspnet("predict", "--model", setup[4], path, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "takes 96x96 images, got 128x128" in result.stderr
+    slide = pspnet("predict", "--model", setup[4], path, "--out", str(tmp_path / "out2"), "--mode", "slide")
+    assert slide.returncode == 0, slide.stderr[-2000:]
+
+
+def test_export_command_errors(setup, tmp_path):
+    _, _, _, saved, _, _ = setup
+    model_path = setup[0]
+    keras_file = str(tmp_path / "m.keras")
+    model_path.save(keras_file)
+    result = pspnet("export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite",
+                    "--input-size", "96x96", "--quantize", "int8")
+    assert result.returncode == 2 and "needs calibration images" in result.stderr
+    ok = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
+                "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8",
+                "--classes", "context")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    served = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--classes", "context",
+                    "--warmup-size", "none")
+    assert served.returncode == 0 and os.path.isdir(tmp_path / "serving" / "pspnet" / "1")
+    again = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1",
+                   "--classes", "context")
+    assert again.returncode == 2 and "version 1 already exists" in again.stderr
