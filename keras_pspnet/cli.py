@@ -140,11 +140,25 @@ def _size(text: str) -> tuple[int, int]:
     return size * 2 if len(size) == 1 else size
 
 
+def _demo(args) -> None:
+    from keras_pspnet.demo import run_demo
+
+    run_demo(args.out, args.config_dir, args.set or [], args.test_scenes)
+
+
 def _presets(args) -> None:
     from keras_pspnet.presets import PRESETS
 
     for name, config in sorted(PRESETS.items()):
         print(f"{name:24s} {config}")
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `keras_pspnet.inference.predict_probabilities`, shared by evaluate and predict."""
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    parser.add_argument("--crop", help="sliding-window size HxW, e.g. 473x473 (default for .tflite: its input size)")
+    parser.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
+    parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,10 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="TFDS data_dir")
     evaluate.add_argument("--num-classes", type=int, help="folder datasets without classes.json")
     evaluate.add_argument("--context-size", type=int, default=288, help="side of the synthetic context scenes")
-    evaluate.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    evaluate.add_argument("--crop", help="sliding-window size HxW (e.g. 473x473)")
-    evaluate.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
-    evaluate.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    _add_inference_options(evaluate)
     evaluate.add_argument("--json", help="also write the results here")
     evaluate.add_argument("--force", action="store_true", help="replace --json if it exists")
     evaluate.set_defaults(run=_evaluate)
@@ -208,13 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="output directory")
-    predict.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    predict.add_argument("--crop", help="sliding-window size HxW (default for .tflite: its input size)")
-    predict.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
-    predict.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    _add_inference_options(predict)
     predict.add_argument("--classes", help="context, ade20k, cityscapes, voc, pets or a classes.json")
     predict.add_argument("--force", action="store_true", help="replace existing outputs")
     predict.set_defaults(run=_predict)
+
+    demo = commands.add_parser("demo", help="the quick start: PSPNet vs the FCN baseline on the context dataset")
+    demo.add_argument("--out", default="runs/quickstart", help="output directory (finished runs are reused)")
+    demo.add_argument("--config-dir", default="training/configs", help="where context_{pspnet,fcn}.yaml are")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of both configs")
+    demo.add_argument("--test-scenes", type=int, default=100, help="held-out scenes to evaluate on")
+    demo.set_defaults(run=_demo)
 
     presets = commands.add_parser("presets", help="list the named model configurations")
     presets.set_defaults(run=_presets)

@@ -111,3 +111,12 @@ def test_tflite_errors(trained, tmp_path):
     (tmp_path / "m.tflite").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="m.tflite: already exists"):
         export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96))
+
+
+def test_saved_model_stores_each_weight_once(exported, tmp_path):
+    # keras-team/keras#23553: ExportArchive.track(model) would store every variable twice.
+    model, _, _ = exported
+    path = export_saved_model(model, str(tmp_path / "once"), CLASS_SETS["context"], warmup_sizes=[])
+    stored = sum(os.path.getsize(os.path.join(path, "variables", f)) for f in os.listdir(os.path.join(path, "variables")))
+    weights = sum(w.numpy().nbytes for w in model.weights)
+    assert weights <= stored < 1.1 * weights

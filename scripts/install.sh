@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv and installs keras-pspnet for CPU with the given extras (e.g. "serving" or "test").
+# Used by quickstart.sh and .ci/run; GPU users: pip install -e ".[gpu]" instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-serving}"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+pins="tensorflow-cpu==2.21.0"
+case "$extras" in  # the converter and its tests need torch: its CPU build (a bare "torch" pulls GBs of CUDA)
+  *test*|*convert*) pins="$pins torch==2.13.0" ;;
+esac
+python -m pip install -q $pins -e ".[${extras}]"
+# TF Serving protos (warmup requests, gRPC client): their wheel asks for the full tensorflow, so --no-deps.
+python -m pip install -q --no-deps "tensorflow-serving-api==2.21.*"
