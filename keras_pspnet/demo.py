@@ -45,7 +45,7 @@ def picture(scenes: list[dict], fcn_model, psp_model, path: str, rows: int = 4) 
     gap, header = 6, 24
     grid = Image.new("RGB", (4 * size + 5 * gap, header + rows * (size + gap) + gap), "white")
     draw = ImageDraw.Draw(grid)
-    for column, title in enumerate(["held-out scene", "ground truth", "dilated FCN (no pyramid)", "PSPNet"]):
+    for column, title in enumerate(["input (held out)", "ground truth", "dilated FCN (no pyramid)", "PSPNet"]):
         draw.text((gap + column * (size + gap) + 4, 6), title, fill=(0, 0, 0))
     for row, (_, image, truth, fcn, psp) in enumerate(chosen):
         top = header + row * (size + gap)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_pspnet.config import TrainConfig, save_config
+from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.data import load_source, train_pipeline
 from keras_pspnet.data.classes import CLASSES_FILE, write_classes
 from keras_pspnet.evaluate import evaluate
@@ -127,8 +127,6 @@ def check_run_directory(run_dir: str, config: TrainConfig, resume: bool) -> None
         raise FileExistsError(f"{run_dir}: holds a finished run (final.keras); pass --resume to continue it "
                               "(e.g. with more steps) or choose another output directory.")
     if os.path.exists(saved_path) and not resume:
-        from keras_pspnet.config import load_config
-
         saved = load_config(saved_path).to_dict()
         changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
         if changed:
@@ -139,13 +137,21 @@ def check_run_directory(run_dir: str, config: TrainConfig, resume: bool) -> None
 
 def train(config: TrainConfig, run_dir: str, *, resume: bool = False, verbose: bool = True) -> dict:
     """Trains (or resumes) the run in `run_dir`; returns {"step", "metrics", "final_model"}."""
+    previous = keras.config.dtype_policy()
+    if config.mixed_precision:  # Keras' policy is global: set it for this run only
+        keras.config.set_dtype_policy(config.mixed_precision)
+    try:
+        return _train(config, run_dir, resume, verbose)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> dict:
     check_run_directory(run_dir, config, resume)
     strategy = make_strategy(config.distribute)
     out = RunDirectory(run_dir, strategy)
     if out.chief:
         save_config(config, out("config.yaml"))
-    if config.mixed_precision:
-        keras.mixed_precision.set_dtype_policy(config.mixed_precision)
     train_source, info = load_source(config.dataset, config.train_split, data_dir=config.data_dir,
                                      num_classes=config.num_classes, context_scenes=config.context_scenes,
                                      context_size=config.context_size)

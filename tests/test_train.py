@@ -171,3 +171,16 @@ def test_evaluate_command(tmp_path):
                                   "64"), env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_switch(tmp_path, policy):
+    before = keras.config.dtype_policy().name
+    result = train(load_config(None, TINY + ["steps=2", f"mixed_precision={policy}"]), str(tmp_path / "run"),
+                   verbose=False)
+    assert keras.config.dtype_policy().name == before  # the run's policy does not leak
+    model = keras.saving.load_model(result["final_model"])
+    assert model.get_layer("conv2_block1_1_conv").dtype_policy.name == policy
+    assert model.output.dtype == "float32"  # logits stay float32 for the loss and argmax
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    assert np.all(np.isfinite(model.predict(pixels, verbose=0)))
