@@ -41,7 +41,6 @@ def main() -> None:
     parser.add_argument("--presets", default="pspnet_resnet50,pspnet_mobilenet_v2")
     args = parser.parse_args()
 
-    import numpy as np
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -64,7 +64,6 @@ def main() -> None:
             median = statistics.median(times)
             print(f"{preset:22s} {precision:15s} {size[0]:>4d}x{size[1]:<4d} {batch:5d} {1000 * median:9.2f} "
                   f"{batch / median:9.1f} {2 * macs * batch / median / 1e12:8.1f} {compile_seconds:9.1f}", flush=True)
-            del model, class_map
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from keras_pspnet.convert import from_mmseg
 from keras_pspnet.flops import count_macs
 from keras_pspnet.inference import fold_batch_norms
-from keras_pspnet.model import build_pspnet, inference_model
+from keras_pspnet.model import build_pspnet, inference_model, load_model
 from keras_pspnet.presets import PRESETS, from_preset, list_presets
 
 __version__ = "0.1.0"
@@ -18,4 +18,5 @@ __all__ = [
     "from_preset",
     "inference_model",
     "list_presets",
+    "load_model",
 ]

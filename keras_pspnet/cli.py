@@ -44,10 +44,11 @@ def _evaluate(args) -> None:
     from keras_pspnet.data import load_source
     from keras_pspnet.evaluate import MULTI_SCALES, evaluate
     from keras_pspnet.metrics import format_table
+    from keras_pspnet.model import load_model
 
     if args.json and os.path.exists(args.json) and not args.force:
         raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
-    model = _load_keras(args.model)
+    model = load_model(args.model)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
     scales = MULTI_SCALES if args.multi_scale else (1.0,)
@@ -59,19 +60,6 @@ def _evaluate(args) -> None:
             json.dump({"model": args.model, "data": args.data, "split": args.split, "mode": args.mode,
                        "scales": list(scales), "flip": args.flip, **results}, f, indent=1)
         print(f"wrote {args.json}")
-
-
-def _load_keras(path: str):
-    import keras
-
-    import keras_pspnet  # noqa: F401  (registers the custom layers for loading)
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: model not found")
-    try:
-        return keras.saving.load_model(path)
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
 
 
 def _calibration_images(spec: str, split: str, count: int):
@@ -92,8 +80,9 @@ def _calibration_images(spec: str, split: str, count: int):
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import export_saved_model, export_tflite
+    from keras_pspnet.model import load_model
 
-    model = _load_keras(args.model)
+    model = load_model(args.model)
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model)
     if args.format == "savedmodel":
         if args.quantize != "none" or args.input_size or args.calibration:

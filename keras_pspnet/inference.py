@@ -1,4 +1,4 @@
-"""Inference-time transformations of a trained model."""
+"""Inference: BN folding, and whole-image, sliding-window, multi-scale and flipped prediction."""
 
 from __future__ import annotations
 

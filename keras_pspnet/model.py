@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import keras
@@ -133,6 +134,16 @@ def build_pspnet(
     if backbone_weights is not None:
         load_imagenet_weights(model, backbone, backbone_weights, alpha=backbone_kwargs.get("alpha"))
     return model
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a .keras PSPNet (our layers are registered on import) with a one-line error naming the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: model not found")
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
 
 
 def inference_model(model: keras.Model) -> keras.Model:

@@ -72,9 +72,7 @@ class TFLitePredictor:
 
 def load_predictor(path: str):
     """A predictor for a .keras file, a SavedModel (or TF Serving base directory: its latest version) or a .tflite."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: model not found")
-    if path.endswith(".tflite"):
+    if path.endswith(".tflite") and os.path.exists(path):
         return TFLitePredictor(path)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -83,14 +81,9 @@ def load_predictor(path: str):
                 raise ValueError(f"{path}: neither a SavedModel nor a TF Serving model directory")
             path = os.path.join(path, str(versions[0]))
         return SavedModelPredictor(path)
-    import keras
+    from keras_pspnet.model import load_model
 
-    import keras_pspnet  # noqa: F401  (registers our layers for loading)
-
-    try:
-        return KerasPredictor(keras.saving.load_model(path))
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
+    return KerasPredictor(load_model(path))
 
 
 def read_image(path: str) -> np.ndarray:
@@ -123,8 +116,7 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
             if existing and not force:
                 raise FileExistsError(f"{existing[0]}: already exists (use --force to replace it)")
             image = read_image(path)
-            probabilities = predict_probabilities(predictor, image, mode=mode, crop=crop, scales=scales, flip=flip,
-                                                  fill=predictor.mean)
+            probabilities = predict_probabilities(predictor, image, mode=mode, crop=crop, scales=scales, flip=flip)
         except (ValueError, OSError) as error:
             print(f"pspnet: error: {error}", file=sys.stderr)
             failed.append(path)

@@ -1,6 +1,5 @@
 import h5py
 import keras
-import numpy as np
 import pytest
 
 from keras_pspnet.backbones import build_backbone

@@ -1,4 +1,3 @@
-import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
