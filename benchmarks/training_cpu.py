@@ -46,6 +46,7 @@ def measure(name, config_source, batch, steps, pipeline_steps):
 
     from keras_pspnet.config import load_config
     from keras_pspnet.data import load_source, train_pipeline
+    from keras_pspnet.inference import model_mean
     from keras_pspnet.train import build_model, make_optimizer, make_train_step, training_loss
 
     config = load_config(*config_source)
@@ -53,7 +54,7 @@ def measure(name, config_source, batch, steps, pipeline_steps):
                                context_scenes=config.context_scenes, context_size=config.context_size)
     model = build_model(config, info.num_classes, sync_batchnorm=False)
     optimizer = make_optimizer(config)
-    mean = list(map(float, tf.reshape(model.get_layer("normalize").mean, [3]).numpy()))
+    mean = model_mean(model).tolist()
     pipeline = train_pipeline(source, info.name, config.crop_size, batch, info.augment, mean, cache=config.cache)
     batches = iter(pipeline)
     data_rate = images_per_second(lambda: next(batches), batch, pipeline_steps)

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="validation")
     evaluate.add_argument("--data-dir", help="TFDS data_dir")
     evaluate.add_argument("--num-classes", type=int, help="folder datasets without classes.json")
-    evaluate.add_argument("--context-size", type=int, default=288, help="side of the synthetic context scenes")
+    evaluate.add_argument("--context-size", type=int, help="side of the synthetic context scenes (default 288)")
     _add_inference_options(evaluate)
     evaluate.add_argument("--json", help="also write the results here")
     evaluate.add_argument("--force", action="store_true", help="replace --json if it exists")

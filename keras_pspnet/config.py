@@ -18,7 +18,7 @@ class TrainConfig:
     val_split: str | None = "validation"  # null: no evaluation
     num_classes: int | None = None  # folder datasets without classes.json
     context_scenes: int | None = None  # number of synthetic training scenes (default 600)
-    context_size: int = 288  # side of the synthetic scenes in pixels
+    context_size: int | None = None  # side of the synthetic scenes (default: keras_pspnet.data.context.DEFAULT_SIZE)
     model: dict = dataclasses.field(default_factory=lambda: {"preset": "pspnet_resnet50"})
     backbone_weights: str | None = None  # "imagenet" or the keras.applications .h5 path
     crop_size: tuple[int, int] = (473, 473)

@@ -6,14 +6,15 @@ import json
 import os
 import time
 
-import keras
 import numpy as np
 from PIL import Image, ImageDraw
 
 from keras_pspnet.config import load_config
 from keras_pspnet.data import CONTEXT_INFO, load_source
+from keras_pspnet.data.context import DEFAULT_SIZE
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.export import export_saved_model, export_tflite
+from keras_pspnet.model import load_model
 from keras_pspnet.train import train
 from keras_pspnet.visualize import colorize, legend
 
@@ -70,8 +71,8 @@ def run_demo(out_dir: str = "runs/quickstart", config_dir: str = "training/confi
         config = load_config(os.path.join(config_dir, f"context_{name}.yaml"), list(overrides))
         print(f"\n== training {name.upper()} ({config_dir}/context_{name}.yaml) ==", flush=True)
         run = train(config, os.path.join(out_dir, name), resume=True)
-        models[name] = keras.saving.load_model(run["final_model"])
-        size = config.context_size
+        models[name] = load_model(run["final_model"])
+        size = config.context_size or DEFAULT_SIZE
     source, info = load_source("context", "test", context_scenes=test_scenes, context_size=size)
     for name in ("fcn", "pspnet"):
         print(f"\n== evaluating {name.upper()} on {test_scenes} held-out scenes ==", flush=True)

@@ -16,7 +16,7 @@ MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the official PSPNet evaluati
 
 
 def evaluate(model: keras.Model, source: tf.data.Dataset, info: DatasetInfo, *, mode: str = "whole", crop=None,
-             scales=(1.0,), flip: bool = False, fill=None, progress: bool = True) -> dict:
+             scales=(1.0,), flip: bool = False, progress: bool = True) -> dict:
     """Scores of `model` on every (image, mask) pair of `source`, predicted at full resolution.
 
     Returns `keras_pspnet.metrics.scores` plus "confusion" (list of lists, [true, predicted]) and "images".
@@ -29,7 +29,7 @@ def evaluate(model: keras.Model, source: tf.data.Dataset, info: DatasetInfo, *, 
     for image, mask in tqdm(eval_pipeline(source, info.name), desc=f"evaluating on {info.name}", unit="image",
                             disable=not progress, leave=False):
         probabilities = predict_probabilities(model, image[0].numpy(), mode=mode, crop=crop, scales=scales,
-                                              flip=flip, fill=fill)
+                                              flip=flip)
         prediction = probabilities.argmax(axis=-1)
         labels = mask[0].numpy()
         unknown = np.setdiff1d(np.unique(labels), [*range(num_classes), info.ignore_label])

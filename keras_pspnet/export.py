@@ -34,8 +34,12 @@ def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
     }
 
 
+def _logits(model, images):
+    return model(tf.cast(images, model.input.dtype), training=False)  # training=False: BN uses moving stats
+
+
 def _outputs(model, images, probabilities: bool) -> dict:
-    logits = model(tf.cast(images, model.input.dtype), training=False)  # training=False: BN uses moving stats
+    logits = _logits(model, images)
     result = {"class_map": tf.argmax(logits, axis=-1, output_type=tf.int32)}
     if probabilities:
         result["probabilities"] = tf.nn.softmax(logits)
@@ -108,8 +112,7 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
         lambda image_bytes: _outputs(model, tf.map_fn(_decode, image_bytes, fn_output_signature=tf.TensorSpec(
             [None, None, 3], tf.uint8)), probabilities),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("logits", lambda images: {"logits": model(tf.cast(images, model.input.dtype),
-                                                                   training=False)},
+    archive.add_endpoint("logits", lambda images: {"logits": _logits(model, images)},
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
     try:
@@ -145,7 +148,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     archive = _archive()
 
     def serve(images):
-        logits = model(tf.cast(images, model.input.dtype), training=False)
+        logits = _logits(model, images)
         return {"logits": logits, "class_map": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     archive.add_endpoint("serving_default", serve,

@@ -29,18 +29,26 @@ class KerasPredictor:
         return np.asarray(self.model.predict_on_batch(images))
 
 
-class SavedModelPredictor:
+class _ExportedPredictor:
+    """Classes, normalisation mean and input size come from the metadata JSON written by `keras_pspnet.export`."""
+
+    def __init__(self, path: str, metadata_path: str):
+        self.path = path
+        with open(metadata_path) as f:
+            self.metadata = json.load(f)
+        self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
+        self.num_classes = len(self.metadata["classes"])
+        self.input_size = tuple(self.metadata["input_size"]) if "input_size" in self.metadata else None
+
+
+class SavedModelPredictor(_ExportedPredictor):
     """An exported SavedModel (its "logits" signature), a version directory or a TF Serving base directory."""
 
     def __init__(self, path: str):
         import tensorflow as tf
 
-        self.path = path
+        super().__init__(path, os.path.join(path, "assets.extra", METADATA_FILE))
         self.signature = tf.saved_model.load(path).signatures["logits"]
-        with open(os.path.join(path, "assets.extra", METADATA_FILE)) as f:
-            self.metadata = json.load(f)
-        self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
-        self.num_classes, self.input_size = len(self.metadata["classes"]), None
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -48,19 +56,14 @@ class SavedModelPredictor:
         return self.signature(images=tf.constant(images, tf.float32))["logits"].numpy()
 
 
-class TFLitePredictor:
+class TFLitePredictor(_ExportedPredictor):
     """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size)."""
 
     def __init__(self, path: str, threads: int = 2):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = path
+        super().__init__(path, os.path.splitext(path)[0] + ".json")
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
-        with open(os.path.splitext(path)[0] + ".json") as f:
-            self.metadata = json.load(f)
-        self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
-        self.num_classes = len(self.metadata["classes"])
-        self.input_size = tuple(self.metadata["input_size"])
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         if tuple(images.shape[1:3]) != self.input_size:

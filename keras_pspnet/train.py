@@ -20,6 +20,7 @@ from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.data import load_source, train_pipeline
 from keras_pspnet.data.classes import CLASSES_FILE, write_classes
 from keras_pspnet.evaluate import evaluate
+from keras_pspnet.inference import model_mean
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import build_pspnet, inference_model
 from keras_pspnet.presets import from_preset
@@ -182,7 +183,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
 
     augment = dataclasses.replace(info.augment, **{k: tuple(v) if isinstance(v, list) else v
                                                    for k, v in config.augment.items()})
-    mean = np.asarray(model.get_layer("normalize").mean).reshape(3).tolist()
+    mean = model_mean(model).tolist()
     dataset = train_pipeline(train_source, info.name, config.crop_size, config.batch_size, augment, mean,
                              seed=config.seed, start=start, cache=config.cache)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))

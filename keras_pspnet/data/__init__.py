@@ -18,14 +18,14 @@ DATASETS = ("context", *TFDS_SOURCES)
 
 def load_source(dataset: str, split: str, *, data_dir: str | None = None, num_classes: int | None = None,
                 validate: bool = True, context_scenes: int | None = None,
-                context_size: int = DEFAULT_SIZE) -> tuple[tf.data.Dataset, DatasetInfo]:
+                context_size: int | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Image/mask pairs of `split` and the dataset's info.
 
     `dataset`: "context" (synthetic), a TFDS name (scene_parse150, cityscapes/semantic_segmentation,
     oxford_iiit_pet; read from `data_dir`, never downloaded) or the path of a folder dataset.
     """
     if dataset == "context":
-        return context_source(split, context_scenes, context_size), CONTEXT_INFO
+        return context_source(split, context_scenes, context_size or DEFAULT_SIZE), CONTEXT_INFO
     if dataset in TFDS_SOURCES:
         return tfds_source(dataset, split, data_dir)
     if os.path.isdir(dataset):

@@ -27,7 +27,7 @@ def read_mask(path) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode not in ("L", "P", "1", "I", "I;16"):
             raise ValueError(f"{path}: mask is {image.mode}; masks hold class indices (grayscale or palette PNG).")
-        return np.asarray(image, dtype=np.uint8) if image.mode != "I" else np.asarray(image).astype(np.uint8)
+        return np.asarray(image).astype(np.uint8)
 
 
 def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.ndarray:
