@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-pspnet",
-    version="0.1.0",
+    version="0.2.0",
     description="PSPNet (Pyramid Scene Parsing Network) in Keras 3, from model.fit to TF Serving and TFLite",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

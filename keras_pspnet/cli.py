@@ -7,26 +7,66 @@ import os
 import sys
 
 
-def _convert_mmseg(args) -> None:
-    from keras_pspnet.convert import from_mmseg
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(v) for v in text.split(",")) if text else None
 
-    if os.path.exists(args.out) and not args.force:
+
+def _save_new(model, path: str, force: bool) -> None:
+    """Saves a .keras model; an existing file is replaced only with --force."""
+    if not path.endswith(".keras"):
+        raise ValueError(f"{path}: the output must be a .keras file.")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path}: already exists (use --force to replace it).")
+    model.save(path)
+
+
+def _describe(model, source: str, out: str) -> str:
+    from keras_pspnet.model import inference_model, model_metadata
+
+    meta = model_metadata(model)
+    classes = meta.get("classes", [])
+    protocol = meta.get("protocol")
+    if protocol:
+        from keras_pspnet.protocol import TestProtocol
+
+        protocol = TestProtocol.from_dict(protocol).describe()
+    return (f"{source} -> {out}: {model.count_params():,} parameters, {inference_model(model).output.shape[-1]} "
+            f"classes ({', '.join(c['name'] for c in classes[:4])}{', ...' if len(classes) > 4 else ''})"
+            f"{'' if isinstance(model.output, dict) else ', no auxiliary head'}"
+            f"{f'; test protocol {protocol}' if protocol else ''}")
+
+
+def _convert(args) -> None:
+    from keras_pspnet.convert import from_mmseg, from_semseg
+
+    if os.path.exists(args.out) and not args.force:  # before the (long) conversion
         raise FileExistsError(f"{args.out}: already exists (use --force to replace it).")
-    if not args.out.endswith(".keras"):
-        raise ValueError(f"{args.out}: the output must be a .keras file.")
-    bins = tuple(int(b) for b in args.bins.split(",")) if args.bins else ()
-    model = from_mmseg(
-        args.checkpoint,
-        num_classes=args.num_classes,
-        bins=bins,
-        output_stride=args.output_stride,
-        contract_dilation=not args.no_contract_dilation,
-        aux_head=False if args.no_aux else None,
-        trust_checkpoint=args.trust_checkpoint,
-    )
-    model.save(args.out)
-    print(f"{args.checkpoint} -> {args.out}: {model.count_params():,} parameters, "
-          f"{model.get_layer('classifier').filters} classes")
+    options = dict(num_classes=args.num_classes, aux_head=False if args.no_aux else None, classes=args.classes,
+                   trust_checkpoint=args.trust_checkpoint)
+    if args.source == "semseg":
+        model = from_semseg(args.checkpoint, bins=_ints(args.bins) or (1, 2, 3, 6), **options)
+    else:
+        model = from_mmseg(args.checkpoint, bins=_ints(args.bins), output_stride=args.output_stride,
+                           contract_dilation=args.contract_dilation, align_corners=args.align_corners,
+                           dilations=_ints(args.dilations), **options)
+    _save_new(model, args.out, args.force)
+    print(_describe(model, args.checkpoint, args.out))
+
+
+def _pretrained(args) -> None:
+    from keras_pspnet import zoo
+
+    if args.action == "list":
+        print(zoo.pretrained_table(args.cache_dir))
+        print(f"\ncache: {os.path.join(os.path.expanduser(args.cache_dir or '~/.keras'), zoo.CACHE_SUBDIR)} "
+              f"(KERAS_HOME moves it); mirror: ${zoo.MIRROR_ENV}")
+        return
+    if args.out and os.path.exists(args.out) and not args.force:  # before a download
+        raise FileExistsError(f"{args.out}: already exists (use --force to replace it).")
+    model = zoo.from_pretrained(args.name, aux_head=True, cache_dir=args.cache_dir)
+    if args.out:
+        _save_new(model, args.out, args.force)
+    print(_describe(model, args.name, args.out or zoo.converted_path(args.name, args.cache_dir)))
 
 
 def _train(args) -> None:
@@ -38,27 +78,63 @@ def _train(args) -> None:
     train(config, run_dir, resume=args.resume)
 
 
+def _protocol(args, predictor):
+    """The test protocol: --protocol's base (default: the model's own, else whole image at native size)
+    with the inference options given on the command line on top."""
+    import dataclasses
+
+    from keras_pspnet.protocol import MULTI_SCALES, TestProtocol
+
+    own = predictor.metadata.get("protocol")
+    base = TestProtocol.from_dict(own) if own else TestProtocol()
+    if args.protocol == "native":
+        base = TestProtocol()
+    elif args.protocol in ("mmseg", "semseg") and base.style != args.protocol:
+        base = TestProtocol(style=args.protocol)
+    changes = {}
+    if args.resize:
+        sizes = _ints(args.resize.lower().replace("x", ",")) if args.resize != "none" else None
+        changes["resize"] = sizes if sizes is None or len(sizes) == 2 else sizes[0]
+    if args.mode:
+        changes["mode"] = args.mode
+    if args.crop:
+        changes["crop"] = _size(args.crop)
+    if args.stride:
+        changes["stride"] = _size(args.stride)
+    if args.multi_scale:
+        changes["scales"] = MULTI_SCALES
+    if args.flip is not None:
+        changes["flip"] = args.flip
+    if changes.get("mode", base.mode) == "slide" and not changes.get("crop", base.crop):
+        changes["crop"] = predictor.input_size  # a .tflite: windows of its input size
+    return dataclasses.replace(base, **changes)
+
+
 def _evaluate(args) -> None:
     import json
 
     from keras_pspnet.data import load_source
-    from keras_pspnet.evaluate import MULTI_SCALES, evaluate
+    from keras_pspnet.evaluate import evaluate
     from keras_pspnet.metrics import format_table
-    from keras_pspnet.model import load_model
+    from keras_pspnet.predictors import load_predictor
 
     if args.json and os.path.exists(args.json) and not args.force:
         raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
-    model = load_model(args.model)
+    predictor = load_predictor(args.model)
+    protocol = _protocol(args, predictor)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
-    scales = MULTI_SCALES if args.multi_scale else (1.0,)
-    crop = _size(args.crop) if args.crop else None
-    results = evaluate(model, source, info, mode=args.mode, crop=crop, scales=scales, flip=args.flip)
+    print(f"test protocol: {protocol.describe()}")
+    results = evaluate(predictor, source, info, protocol)
     print(format_table(results))
+    published = predictor.metadata.get("source", {}).get("published_miou")
+    if published is not None and results["mIoU"] is not None:
+        print(f"published mIoU {published:.2f} ({predictor.metadata['source'].get('name', 'source')}); "
+              f"here {100 * results['mIoU']:.2f} on {results['images']} images")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "data": args.data, "split": args.split, "mode": args.mode,
-                       "scales": list(scales), "flip": args.flip, **results}, f, indent=1)
+            json.dump({"model": args.model, "data": args.data, "split": args.split, "protocol": protocol.to_dict(),
+                       **results}, f, indent=1)
         print(f"wrote {args.json}")
 
 
@@ -80,10 +156,10 @@ def _calibration_images(spec: str, split: str, count: int):
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import export_saved_model, export_tflite
-    from keras_pspnet.model import load_model
+    from keras_pspnet.model import inference_model, load_model, model_metadata
 
-    model = load_model(args.model)
-    info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model)
+    model = inference_model(load_model(args.model))
+    info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
         if args.quantize != "none" or args.input_size or args.calibration:
             raise ValueError("--quantize, --input-size and --calibration are for --format tflite")
@@ -107,14 +183,13 @@ def _export(args) -> None:
 
 
 def _predict(args) -> int:
-    from keras_pspnet.evaluate import MULTI_SCALES
-    from keras_pspnet.predict import classes_for, load_predictor, predict_files
+    from keras_pspnet.data.classes import resolve_classes
+    from keras_pspnet.predict import predict_files
+    from keras_pspnet.predictors import load_predictor
 
     predictor = load_predictor(args.model)
-    info = classes_for(predictor, args.classes, args.model)
-    failed = predict_files(predictor, args.images, args.out, info, mode=args.mode,
-                           crop=_size(args.crop) if args.crop else None,
-                           scales=MULTI_SCALES if args.multi_scale else (1.0,), flip=args.flip, force=args.force)
+    info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
+    failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force)
     done = len(args.images) - len(failed)
     print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
     return 1 if failed else 0
@@ -143,30 +218,61 @@ def _presets(args) -> None:
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """The options of `keras_pspnet.inference.predict_probabilities`, shared by evaluate and predict."""
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    parser.add_argument("--crop", help="sliding-window size HxW, e.g. 473x473 (default for .tflite: its input size)")
-    parser.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
-    parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    """The test protocol options (`keras_pspnet.protocol.TestProtocol`), shared by evaluate and predict."""
+    group = parser.add_argument_group("test protocol (default: the model's own, e.g. a pretrained model's published "
+                                      "one; else the whole image at its size)")
+    group.add_argument("--protocol", choices=("model", "native", "mmseg", "semseg"), default="model",
+                       help="mmseg: mmsegmentation's (keep-ratio resize, logits averaged); semseg: the PSPNet "
+                       "authors' (long side to a base size, mean padding, probabilities averaged); native: whole "
+                       "image at its size")
+    group.add_argument("--resize", help="scale-1 size: LONGxSHORT (mmseg, e.g. 2048x512), a long side (semseg, "
+                       "e.g. 512) or none")
+    group.add_argument("--mode", choices=("whole", "slide"))
+    group.add_argument("--crop", help="sliding-window size HxW, e.g. 473x473 (default for .tflite: its input size)")
+    group.add_argument("--stride", help="sliding-window stride HxW (default: 2/3 of the crop)")
+    group.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="average with the mirrored image")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet in Keras 3: models, conversion, export.")
+    parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet in Keras 3: pretrained models, training, "
+                                     "evaluation, export.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="import a checkpoint of another implementation")
+    convert = commands.add_parser("convert", help="import a checkpoint of another implementation (no torch needed)")
     sources = convert.add_subparsers(dest="source", required=True)
     mmseg = sources.add_parser("mmseg", help="mmsegmentation PSPNet checkpoint (.pth)")
-    mmseg.add_argument("checkpoint", help="the .pth file")
-    mmseg.add_argument("--out", required=True, help="the .keras file to write")
-    mmseg.add_argument("--num-classes", type=int, help="check the checkpoint has this many classes")
-    mmseg.add_argument("--bins", default="1,2,3,6", help="pool_scales of the checkpoint's config (default 1,2,3,6)")
-    mmseg.add_argument("--output-stride", type=int, default=8, help="8 for -d8 configs (default), 16 for -d16")
-    mmseg.add_argument("--no-contract-dilation", action="store_true", help="for backbones without contract_dilation")
-    mmseg.add_argument("--no-aux", action="store_true", help="drop the auxiliary head")
-    mmseg.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects")
-    mmseg.add_argument("--force", action="store_true", help="replace --out if it exists")
-    mmseg.set_defaults(run=_convert_mmseg)
+    semseg = sources.add_parser("semseg", help="the PSPNet authors' checkpoint (hszhao/semseg, .pth)")
+    for source in (mmseg, semseg):
+        source.add_argument("checkpoint", help="the .pth file")
+        source.add_argument("--out", required=True, help="the .keras file to write")
+        source.add_argument("--num-classes", type=int, help="check the checkpoint has this many classes")
+        source.add_argument("--classes", help="class names: context, ade20k, cityscapes, voc or pets (default: the "
+                            "checkpoint's own, else the dataset with its class count)")
+        source.add_argument("--no-aux", action="store_true", help="drop the auxiliary head")
+        source.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects other than "
+                            "tensors and containers (only for files from a trusted source)")
+        source.add_argument("--force", action="store_true", help="replace --out if it exists")
+        source.set_defaults(run=_convert)
+    semseg.add_argument("--bins", help="pyramid bins of the training config (default 1,2,3,6)")
+    mmseg.add_argument("--bins", help="pool_scales (default: the stored config's, else 1,2,3,6)")
+    mmseg.add_argument("--output-stride", type=int, help="8 for -d8, 32 for -d32 (default: the stored config's, else 8)")
+    mmseg.add_argument("--dilations", help="per-stage dilations, e.g. 1,1,2,4 for -d32 (default: the stored config's)")
+    mmseg.add_argument("--contract-dilation", action=argparse.BooleanOptionalAction,
+                       help="halve the first dilation of a stage (default: the stored config's, else on)")
+    mmseg.add_argument("--align-corners", action=argparse.BooleanOptionalAction,
+                       help="corner-aligned upsampling, as the 769x769 models (default: the stored config's, else off)")
+
+    pretrained = commands.add_parser("pretrained", help="published PSPNets: list them, or download and convert one")
+    actions = pretrained.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the registry with published mIoU and test protocols")
+    get = actions.add_parser("get", help="download (once), verify, convert (once) and optionally save a copy")
+    get.add_argument("name", help="a name of `pspnet pretrained list`")
+    get.add_argument("--out", help="also save it here (a .keras file; with its auxiliary head, for fine-tuning)")
+    get.add_argument("--force", action="store_true", help="replace --out if it exists")
+    for action in (listing, get):
+        action.add_argument("--cache-dir", help="instead of the Keras cache (~/.keras or $KERAS_HOME)")
+        action.set_defaults(run=_pretrained)
 
     train = commands.add_parser("train", help="train (or resume) a run from a YAML config")
     train.add_argument("--config", help="YAML config (keys: keras_pspnet.config.TrainConfig)")
@@ -176,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="mIoU and per-class IoU of a model on a dataset")
-    evaluate.add_argument("--model", required=True, help="a .keras model")
+    evaluate.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
     evaluate.add_argument("--data", required=True, help="context, a TFDS name or a folder dataset")
     evaluate.add_argument("--split", default="validation")
     evaluate.add_argument("--data-dir", help="TFDS data_dir")
@@ -200,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration-split", default="train")
     export.add_argument("--calibration-count", type=int, default=64)
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
-                        "classes.json (default: classes.json beside the model)")
+                        "classes.json (default: the model's own, else classes.json beside it)")
     export.add_argument("--force", action="store_true", help="TFLite: replace --out if it exists")
     export.set_defaults(run=_export)
 
@@ -220,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-scenes", type=int, default=100, help="held-out scenes to evaluate on")
     demo.set_defaults(run=_demo)
 
-    presets = commands.add_parser("presets", help="list the named model configurations")
+    presets = commands.add_parser("presets", help="list the named model architectures (random weights)")
     presets.set_defaults(run=_presets)
     return parser
 

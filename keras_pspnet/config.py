@@ -19,7 +19,9 @@ class TrainConfig:
     num_classes: int | None = None  # folder datasets without classes.json
     context_scenes: int | None = None  # number of synthetic training scenes (default 600)
     context_size: int | None = None  # side of the synthetic scenes (default: keras_pspnet.data.context.DEFAULT_SIZE)
-    model: dict = dataclasses.field(default_factory=lambda: {"preset": "pspnet_resnet50"})
+    # build_pspnet / from_preset arguments; null: {"preset": "pspnet_resnet50"}, or init_from's architecture
+    model: dict | None = None
+    init_from: str | None = None  # a .keras model or a pretrained name: fine-tune from its weights
     backbone_weights: str | None = None  # "imagenet" or the keras.applications .h5 path
     crop_size: tuple[int, int] = (473, 473)
     batch_size: int = 16  # global, over all replicas

@@ -14,14 +14,17 @@ import tensorflow as tf
 
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.inference import model_mean
+from keras_pspnet.model import inference_model, model_metadata, uses_align_corners
+from keras_pspnet.predictors import METADATA_FILE
 
-METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 QUANTIZATIONS = ("none", "fp16", "int8")
 
 
 def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
-    """What a client needs besides the tensors: classes, colours and the normalisation done inside."""
+    """What a client needs besides the tensors: classes, colours, the normalisation done inside, and the
+    model's own test protocol and source (so `pspnet evaluate` scores the export as the original)."""
     normalize = model.get_layer("normalize")
+    own = model_metadata(model)
     return {
         "classes": [{"index": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(info.class_names,
                                                                                               info.colors))],
@@ -30,6 +33,8 @@ def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
                           "std": np.sqrt(np.asarray(normalize.variance)).reshape(3).tolist(),
                           "applied_inside_model": True},
         "ignore_label": info.ignore_label,
+        "align_corners": uses_align_corners(model),
+        **{key: own[key] for key in ("protocol", "source") if key in own},
         **extra,
     }
 
@@ -97,7 +102,9 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
         encoded: image_bytes string [batch] (JPEG/PNG; REST {"b64": ...}) -> the same outputs.
         logits: images float32 [batch, height, width, 3] (0-255) -> logits float32 [..., classes].
     The directory is written under a temporary name and renamed, so TF Serving never sees half a model.
+    An auxiliary head is dropped (`inference_model`).
     """
+    model = inference_model(model)
     version = next_version(base_dir) if version is None else int(version)
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target):
@@ -137,7 +144,9 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     The model takes uint8 RGB [1, height, width, 3] and returns "logits" float32 [1, height, width, classes]
     and "class_map" int32 [1, height, width]. quantize: "none" (fp32), "fp16" (weights) or "int8" (full
     integer: weights and activations, calibrated on `calibration`: uint8 images [height, width, 3]).
+    An auxiliary head is dropped (`inference_model`).
     """
+    model = inference_model(model)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if quantize == "int8" and calibration is None:

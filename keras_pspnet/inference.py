@@ -1,9 +1,12 @@
-"""Inference: BN folding, and whole-image, sliding-window, multi-scale and flipped prediction."""
+"""Inference: BN folding, and scoring an image under a test protocol (whole, windows, scales, flips)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from keras_pspnet.model import inference_model
+from keras_pspnet.protocol import TestProtocol
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -26,6 +29,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     with one pass less over every feature map, which is what TensorFlow's own graph optimiser does for
     frozen graphs but not for Keras 3 models, whose BN is not a FusedBatchNorm op.
     """
+    model = inference_model(model)
     pairs = _conv_bn_pairs(model)
     folded_convs = set(pairs.values())
 
@@ -72,70 +76,94 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def _probabilities(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:
-    """Softmax of the model on a batch, averaged with the mirrored batch when `flip`."""
-    probabilities = _softmax(np.asarray(model.predict_on_batch(images), dtype=np.float32))
-    if flip:
-        mirrored = _softmax(np.asarray(model.predict_on_batch(images[:, :, ::-1]), dtype=np.float32))
-        probabilities = (probabilities + mirrored[:, :, ::-1]) / 2
-    return probabilities
+def _resize(array: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of an [H, W, C] float array (PyTorch / OpenCV semantics; no-op at the same size)."""
+    if tuple(array.shape[:2]) == tuple(size):
+        return array
+    import tensorflow as tf  # the data side runs TensorFlow ops whatever the Keras backend
+
+    from keras_pspnet.layers.resize import resize_bilinear
+
+    return resize_bilinear(tf.constant(array[None], tf.float32), size, align_corners)[0].numpy()
 
 
-def _sliding_window(model, image, crop, flip, fill, stride_rate=2 / 3):
-    """The official PSPNet evaluation: crops with stride 2/3 of the crop, probabilities averaged."""
+def _windows(height: int, width: int, crop, stride):
+    """(top, left) of sliding windows covering the image; the last row and column end at its edge."""
+    rows = -(-max(height - crop[0], 0) // stride[0]) + 1
+    cols = -(-max(width - crop[1], 0) // stride[1]) + 1
+    for row in range(rows):
+        for col in range(cols):
+            yield max(min(row * stride[0], height - crop[0]), 0), max(min(col * stride[1], width - crop[1]), 0)
+
+
+def _semseg_probabilities(predictor, image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
+    """tool/test.py's scale_process: mean padding to the window, per window softmax (and its mirror), averaged."""
+
+    def net(window):  # net_process
+        probabilities = _softmax(np.asarray(predictor.predict_on_batch(window[None]), np.float32))[0]
+        if protocol.flip:
+            mirrored = _softmax(np.asarray(predictor.predict_on_batch(window[None, :, ::-1]), np.float32))[0]
+            probabilities = (probabilities + mirrored[:, ::-1]) / 2
+        return probabilities
+
+    if protocol.mode == "whole":
+        return net(image)
+    crop = protocol.crop
     height, width = image.shape[:2]
     pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
     top, left = pad_h // 2, pad_w // 2
     padded = np.empty((height + pad_h, width + pad_w, 3), np.float32)
-    padded[...] = fill  # padding with the mean colour, as the official code
+    padded[...] = predictor.mean  # padding with the mean colour, as the official code
     padded[top : top + height, left : left + width] = image
-    stride = [int(np.ceil(c * stride_rate)) for c in crop]
-    grid = [int(np.ceil(max(padded.shape[i] - crop[i], 0) / stride[i])) + 1 for i in (0, 1)]
     total, count = None, np.zeros(padded.shape[:2] + (1,), np.float32)
-    for row in range(grid[0]):
-        for col in range(grid[1]):
-            y = min(row * stride[0], padded.shape[0] - crop[0])
-            x = min(col * stride[1], padded.shape[1] - crop[1])
-            window = _probabilities(model, padded[None, y : y + crop[0], x : x + crop[1]], flip)[0]
-            if total is None:
-                total = np.zeros(padded.shape[:2] + window.shape[-1:], np.float32)
-            total[y : y + crop[0], x : x + crop[1]] += window
-            count[y : y + crop[0], x : x + crop[1]] += 1
+    for y, x in _windows(*padded.shape[:2], crop, protocol.window_stride):
+        window = net(padded[y : y + crop[0], x : x + crop[1]])
+        if total is None:
+            total = np.zeros(padded.shape[:2] + window.shape[-1:], np.float32)
+        total[y : y + crop[0], x : x + crop[1]] += window
+        count[y : y + crop[0], x : x + crop[1]] += 1
     return (total / count)[top : top + height, left : left + width]
 
 
-def predict_probabilities(model, image: np.ndarray, *, mode: str = "whole", crop=None, scales=(1.0,),
-                          flip: bool = False, fill=None) -> np.ndarray:
-    """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255) at its resolution.
+def _mmseg_logits(predictor, image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
+    """EncoderDecoder.whole_inference / slide_inference: logits of the image, windows averaged, no padding."""
+    if protocol.mode == "whole":
+        return np.asarray(predictor.predict_on_batch(image[None]), np.float32)[0]
+    crop = protocol.crop
+    height, width = image.shape[:2]
+    total, count = None, np.zeros((height, width, 1), np.float32)
+    for y, x in _windows(height, width, crop, protocol.window_stride):
+        logits = np.asarray(predictor.predict_on_batch(image[None, y : y + crop[0], x : x + crop[1]]), np.float32)[0]
+        if total is None:
+            total = np.zeros((height, width, logits.shape[-1]), np.float32)
+        total[y : y + crop[0], x : x + crop[1]] += logits
+        count[y : y + crop[0], x : x + crop[1]] += 1
+    return total / count
 
-    `model`: a Keras model or any predictor with `predict_on_batch(images) -> logits` and `mean`
-    (`keras_pspnet.predict` has them for SavedModels and .tflite files).
 
-    Args:
-        mode: "whole" (the model on the whole image) or "slide" (windows of `crop`, stride 2/3 of it).
-        crop: (height, width) of the windows; required for "slide".
-        scales: image scales whose probabilities are averaged (multi-scale: 0.5, 0.75, ..., 1.75).
-        flip: also average the horizontally mirrored prediction.
-        fill: colour for padding windows (default: the model's normalisation mean, as the official code).
+def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = None) -> np.ndarray:
+    """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255), at its resolution.
+
+    `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
+    `protocol`: how to run it (`keras_pspnet.protocol.TestProtocol`; default: the whole image at its size).
+    Scales, flips and windows are averaged as the protocol's reference does; the argmax is the prediction.
     """
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}.")
-    if mode == "slide" and not crop:
-        raise ValueError("sliding-window inference needs a crop size.")
-    import tensorflow as tf  # resizing probability maps: TF is our data-side dependency on every backend
+    from keras_pspnet.predictors import as_predictor
 
+    predictor, protocol = as_predictor(model), protocol or TestProtocol()
     image = np.asarray(image, np.float32)
     height, width = image.shape[:2]
-    fill = np.asarray(fill if fill is not None else model_mean(model), np.float32)
-    total = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = image if size == (height, width) else tf.image.resize(image, size, method="bilinear").numpy()
-        if mode == "whole":
-            probabilities = _probabilities(model, scaled[None], flip)[0]
-        else:
-            probabilities = _sliding_window(model, scaled, crop, flip, fill)
-        if size != (height, width):
-            probabilities = tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
-        total = probabilities if total is None else total + probabilities
-    return total / len(scales)
+    total, terms = np.zeros((height, width, predictor.num_classes), np.float32), 0
+    for scale in protocol.scales:
+        scaled = _resize(image, protocol.scaled_size(height, width, scale))
+        if protocol.style == "semseg":
+            total += _resize(_semseg_probabilities(predictor, scaled, protocol), (height, width))
+            terms += 1
+            continue
+        scaled = scaled.round().clip(0, 255)  # mmseg resizes the uint8 image: the model sees whole pixel values
+        for mirrored in (False, True) if protocol.flip else (False,):
+            logits = _mmseg_logits(predictor, scaled[:, ::-1] if mirrored else scaled, protocol)
+            logits = logits[:, ::-1] if mirrored else logits
+            total += _softmax(_resize(logits, (height, width), predictor.align_corners))
+            terms += 1
+    return total / terms

@@ -11,7 +11,7 @@ from keras import layers
 from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_weights
 from keras_pspnet.backbones.common import batch_norm_factory
 from keras_pspnet.backbones.imagenet import IMAGENET_PREPROCESSING, imagenet_application
-from keras_pspnet.layers import AdaptiveAveragePooling2D, ConcatConv2D, ResizeLike
+from keras_pspnet.layers import AdaptiveAveragePooling2D, ClassLogits, ConcatConv2D, ResizeLike
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels 0-255 (torchvision, mmsegmentation)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -27,29 +27,30 @@ def _conv_bn_relu(x, filters, kernel_size, norm, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def pyramid_pooling(features, bins: Sequence[int], channels: int, norm) -> list:
+def pyramid_pooling(features, bins: Sequence[int], channels: int, norm, align_corners: bool = False) -> list:
     """The pyramid pooling module: [the input map, each pooled, reduced, upsampled bin].
 
-    The list is the channel concatenation of the paper; the head's conv consumes it without building it.
-    An empty bin list gives [features]: the dilated-FCN baseline of the paper's ablation.
+    The list is the channel concatenation of the paper, in the order of `bins` (a converted checkpoint's
+    head conv expects its own order); the head's conv consumes it without building it. An empty bin list
+    gives [features]: the dilated-FCN baseline of the paper's ablation.
     """
     branches = [features]
     for size in bins:
         x = AdaptiveAveragePooling2D(size, name=f"ppm_{size}_pool")(features)
         x = _conv_bn_relu(x, channels, 1, norm, f"ppm_{size}")
-        branches.append(ResizeLike(name=f"ppm_{size}_resize")([x, features]))
+        branches.append(ResizeLike(align_corners, name=f"ppm_{size}_resize")([x, features]))
     return branches
 
 
-def segmentation_head(x, image, num_classes, channels, dropout, norm, prefix):
+def segmentation_head(x, image, num_classes, channels, dropout, norm, prefix, align_corners=False, metadata=None):
     """3x3 conv + BN + ReLU, dropout, 1x1 classifier, bilinear upsampling to the image size."""
     x = _conv_bn_relu(x, channels, 3, norm, prefix)
     x = layers.SpatialDropout2D(dropout, name=f"{prefix}_dropout")(x)
     name = "classifier" if prefix == "head" else f"{prefix}_classifier"
     x = layers.Conv2D(num_classes, 1, name=name)(x)
-    x = ResizeLike(name=f"{name}_resize")([x, image])
+    x = ResizeLike(align_corners, name=f"{name}_resize")([x, image])
     # Logits stay float32 under mixed precision: the loss and argmax need them.
-    return layers.Activation("linear", dtype="float32", name="logits" if prefix == "head" else prefix)(x)
+    return ClassLogits(metadata, name="logits" if prefix == "head" else prefix)(x)
 
 
 def build_pspnet(
@@ -63,12 +64,14 @@ def build_pspnet(
     aux_channels: int = 256,
     dropout: float = 0.1,
     aux_head: bool = False,
+    align_corners: bool = False,
     backbone_weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_shape: Sequence[int | None] = (None, None, 3),
     input_dtype: str = "float32",
     sync_batchnorm: bool = False,
+    metadata: dict | None = None,
     name: str = "pspnet",
     **backbone_kwargs,
 ) -> keras.Model:
@@ -88,14 +91,19 @@ def build_pspnet(
         dropout: dropout rate before the classifiers.
         aux_head: also output the auxiliary FCN head on stage 3; the model then returns
             {"logits": ..., "aux": ...} (for training; see `inference_model`).
+        align_corners: bilinear upsampling maps corner pixels onto corner pixels (PyTorch's
+            `align_corners=True`, as hszhao/semseg and mmsegmentation's 769x769 models); default
+            half-pixel centres (`align_corners=False`, mmsegmentation's default).
         backbone_weights: None, "imagenet" or the path of the keras.applications no-top .h5 file.
         mean, std: per-channel RGB normalisation of 0-255 pixels. Default: what the ImageNet weights
             expect when `backbone_weights` is given, else the ImageNet mean/std.
         input_shape: (height, width, 3); height and width may be None.
         input_dtype: "float32" or "uint8".
         sync_batchnorm: synchronised BatchNormalization across replicas (TensorFlow backend only).
+        metadata: what the logits mean, saved with the model (see `model_metadata`): {"classes": [{"name",
+            "color"}, ...], "protocol": ..., "source": ...}.
         **backbone_kwargs: passed to the backbone (`stem`, `stem_widths`, `base_width`, `style`,
-            `contract_dilation` for ResNets; `alpha` for MobileNetV2).
+            `contract_dilation` for ResNets; `alpha` and `style` for MobileNetV2).
     """
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
@@ -124,11 +132,12 @@ def build_pspnet(
     )
     norm = batch_norm_factory(1e-5, 0.99, sync_batchnorm)
     final = features["final"]
-    pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm)
-    logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head")
+    pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm, align_corners)
+    logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head", align_corners,
+                               metadata)
     outputs = logits
     if aux_head:
-        aux = segmentation_head(features["aux"], image, num_classes, aux_channels, dropout, norm, "aux")
+        aux = segmentation_head(features["aux"], image, num_classes, aux_channels, dropout, norm, "aux", align_corners)
         outputs = {"logits": logits, "aux": aux}
     model = keras.Model(image, outputs, name=name)
     if backbone_weights is not None:
@@ -147,7 +156,40 @@ def load_model(path: str) -> keras.Model:
 
 
 def inference_model(model: keras.Model) -> keras.Model:
-    """The model without its auxiliary head (same layers and weights), for evaluation and export."""
+    """The model without its auxiliary head (same layers and weights), for evaluation and export.
+
+    The one place that drops the auxiliary branch: export, evaluation, prediction, BN folding and the
+    benchmarks call it on whatever model they are given (a no-op for single-output models).
+    """
     if not isinstance(model.output, dict):
         return model
     return keras.Model(model.input, model.output["logits"], name=model.name)
+
+
+def model_metadata(model: keras.Model) -> dict:
+    """What the model's logits mean, as saved with it (`build_pspnet(metadata=...)`); {} when unknown.
+
+    Keys: "classes" ([{"name", "color"}, ...]), "protocol" (the test protocol of its published numbers,
+    `keras_pspnet.protocol.TestProtocol` as a dict), "source" (the checkpoint it was converted from).
+    """
+    try:
+        layer = model.get_layer("logits")
+    except ValueError:
+        return {}
+    return dict(getattr(layer, "metadata", None) or {})
+
+
+def set_model_metadata(model: keras.Model, **fields) -> None:
+    """Adds or replaces metadata fields of `model` (and of every model sharing its output layer)."""
+    layer = model.get_layer("logits")
+    if not isinstance(layer, ClassLogits):
+        raise ValueError(f"{model.name}: saved by an older keras-pspnet without metadata; rebuild or convert it again.")
+    layer.metadata = {**layer.metadata, **fields}
+
+
+def uses_align_corners(model: keras.Model) -> bool:
+    """Whether the model's bilinear upsampling aligns corners (PyTorch `align_corners=True`)."""
+    try:
+        return bool(getattr(model.get_layer("classifier_resize"), "align_corners", False))
+    except ValueError:  # not a PSPNet of ours: no upsampling to align
+        return False

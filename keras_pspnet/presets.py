@@ -6,15 +6,27 @@ import keras
 
 from keras_pspnet.model import build_pspnet
 
+_V1C = {"stem": "deep", "style": "pytorch", "contract_dilation": True}  # mmsegmentation's ResNetV1c
+_V1B = {"stem": "standard", "style": "pytorch", "contract_dilation": True}  # mmsegmentation's ResNet (torchvision)
+_SEMSEG = {"stem": "deep", "stem_widths": (64, 64, 128), "style": "pytorch", "align_corners": True}
+
 PRESETS = {
     # keras.applications layout: loads ImageNet weights with backbone_weights="imagenet" or a path.
     "pspnet_resnet50": {"backbone": "resnet50"},
     "pspnet_resnet101": {"backbone": "resnet101"},
-    # mmsegmentation's pspnet_r50-d8 / pspnet_r101-d8 layout (ResNetV1c): what `from_mmseg` builds.
-    "pspnet_resnet50_v1c": {"backbone": "resnet50", "stem": "deep", "style": "pytorch", "contract_dilation": True},
-    "pspnet_resnet101_v1c": {"backbone": "resnet101", "stem": "deep", "style": "pytorch", "contract_dilation": True},
     # For phones: pyramid on the 1280-channel features, a narrower head.
     "pspnet_mobilenet_v2": {"backbone": "mobilenet_v2", "head_channels": 256, "aux_channels": 128},
+    # mmsegmentation's PSPNet layouts, what `from_mmseg` builds for its checkpoints (rXX-d8, rXXb-d8, m-v2-d8).
+    "pspnet_resnet18_v1c": {"backbone": "resnet18", **_V1C, "head_channels": 128, "aux_channels": 64},
+    "pspnet_resnet50_v1c": {"backbone": "resnet50", **_V1C},
+    "pspnet_resnet101_v1c": {"backbone": "resnet101", **_V1C},
+    "pspnet_resnet18_v1b": {"backbone": "resnet18", **_V1B, "head_channels": 128, "aux_channels": 64},
+    "pspnet_resnet50_v1b": {"backbone": "resnet50", **_V1B},
+    "pspnet_resnet101_v1b": {"backbone": "resnet101", **_V1B},
+    "pspnet_mobilenet_v2_mmseg": {"backbone": "mobilenet_v2", "style": "pytorch", "pool_channels": 512},
+    # The PSPNet authors' layout (hszhao/semseg), what `from_semseg` builds.
+    "pspnet_resnet50_semseg": {"backbone": "resnet50", **_SEMSEG},
+    "pspnet_resnet101_semseg": {"backbone": "resnet101", **_SEMSEG},
 }
 
 

@@ -18,12 +18,17 @@ import tensorflow as tf
 
 from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.data import load_source, train_pipeline
-from keras_pspnet.data.classes import CLASSES_FILE, write_classes
+from keras_pspnet.data.classes import classes_metadata
+from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.evaluate import evaluate
+from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.inference import model_mean
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import build_pspnet, inference_model
 from keras_pspnet.presets import from_preset
+from keras_pspnet.protocol import TestProtocol
+
+DEFAULT_MODEL = {"preset": "pspnet_resnet50"}
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
@@ -42,12 +47,18 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def build_model(config: TrainConfig, num_classes: int, sync_batchnorm: bool) -> keras.Model:
-    """The training model (with the auxiliary head unless aux_weight is 0) from the config's `model`."""
-    options = dict(config.model or {})
+def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
+                init: keras.Model | None = None) -> keras.Model:
+    """The training model (with the auxiliary head unless aux_weight is 0) from the config's `model`, or with
+    `model` unset and an `init` model (init_from), that model's architecture with classifiers for `info`."""
+    metadata = {"classes": classes_metadata(info)}  # saved with the model: export and predict name the classes
+    if config.model is None and init is not None:
+        return retarget(init, info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
+                        metadata=metadata)
+    options = dict(config.model or DEFAULT_MODEL)
     preset = options.pop("preset", None)
-    options.update(num_classes=num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
-                   backbone_weights=config.backbone_weights)
+    options.update(num_classes=info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
+                   backbone_weights=config.backbone_weights, metadata=metadata)
     try:
         return from_preset(preset, **options) if preset else build_pspnet(**options)
     except TypeError as error:  # an unknown model key reaches a builder's signature
@@ -160,19 +171,23 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     if config.val_split:
         val_source, _ = load_source(config.dataset, config.val_split, data_dir=config.data_dir,
                                     num_classes=info.num_classes, context_size=config.context_size)
-    if out.chief:
-        write_classes(info, out(CLASSES_FILE))  # predict and export read the class names and colours here
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {replicas} replicas.")
 
+    manager_dir = out("checkpoints")
+    resuming = tf.train.latest_checkpoint(manager_dir) is not None
+    # init_from's weights matter only for a fresh run; its architecture also when `model` is unset.
+    init = load_init_model(config.init_from) if config.init_from and (not resuming or config.model is None) else None
     with strategy.scope():
-        model = build_model(config, info.num_classes, sync_batchnorm=replicas > 1)
+        model = build_model(config, info, sync_batchnorm=replicas > 1, init=init)
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)
+    if init is not None and not resuming:
+        _initialize(model, init, config.init_from, verbose and out.chief)
     best = tf.Variable(-1.0, trainable=False, dtype=tf.float32)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=best)
-    manager = tf.train.CheckpointManager(checkpoint, out("checkpoints"), max_to_keep=2)
+    manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(optimizer.iterations.numpy())
@@ -196,8 +211,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     def evaluate_now(step: int) -> None:
         if val_source is None or not out.chief:
             return
-        results = evaluate(inference_model(model), val_source, info, mode=config.eval_mode, crop=config.crop_size,
-                           progress=verbose)
+        protocol = TestProtocol(mode=config.eval_mode, crop=config.crop_size)
+        results = evaluate(model, val_source, info, protocol, progress=verbose)
         record = {"step": step, **{k: v for k, v in results.items() if k != "confusion"}}
         metrics.append(record)
         with writer.as_default():
@@ -232,6 +247,17 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         print(f"trained {config.steps - start} steps in {seconds:.0f} s ({images / seconds:.1f} images/s); "
               f"outputs in {run_dir}")
     return {"step": config.steps, "metrics": metrics, "final_model": out("final.keras")}
+
+
+def _initialize(model: keras.Model, init: keras.Model, name: str, verbose: bool) -> None:
+    """init_from: copies every weight whose layer name and shapes match; says what was loaded and skipped."""
+    loaded, skipped = transfer_weights(init, model)
+    if not loaded:
+        raise ValueError(f"init_from {name}: no layer of the model matches its layers (names and shapes); leave "
+                         "`model` unset to fine-tune its own architecture.")
+    if verbose:
+        print(f"init_from {name}: loaded {len(loaded)} of {len(loaded) + len(skipped)} layers with weights"
+              + (f"; re-initialised: {', '.join(skipped)}" if skipped else ""))
 
 
 def _read_metrics(path: str) -> list:

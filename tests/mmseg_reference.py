@@ -1,8 +1,9 @@
 """A PyTorch PSPNet that mirrors mmsegmentation's structure and state-dict keys.
 
 It is the reference for the converter tests and for the CPU benchmark: `PSPNet(...).state_dict()` has the
-key layout of an mmsegmentation `pspnet_r50-d8` checkpoint (ResNetV1c / ResNet, PSPHead, FCNHead), and
-`forward` computes what mmsegmentation's `EncoderDecoder` computes on a normalised image in eval mode.
+key layout of an mmsegmentation `pspnet_*` checkpoint (ResNetV1c / ResNet / MobileNetV2, PSPHead, FCNHead),
+and `forward` computes what mmsegmentation's `EncoderDecoder` computes on a normalised image in eval mode.
+Checked against mmsegmentation 1.2.2 itself (the models built from its configs): same keys, same logits.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNetV1c(nn.Module):
-    """mmsegmentation ResNetV1c (deep stem) or ResNet (7x7 stem), strides (1,2,1,1), dilations (1,1,2,4)."""
+    """mmsegmentation ResNetV1c (deep stem) or ResNet (7x7 stem, "V1b"); -d8: strides (1,2,1,1), dilations
+    (1,1,2,4); -d32: strides (1,2,2,2) and still dilations (1,1,2,4)."""
 
-    def __init__(self, depth=50, deep_stem=True, stem_widths=(32, 32, 64), base_width=64, contract_dilation=True):
+    def __init__(self, depth=50, deep_stem=True, stem_widths=(32, 32, 64), base_width=64, contract_dilation=True,
+                 strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)):
         super().__init__()
         block = Bottleneck if depth >= 50 else BasicBlock
         if deep_stem:
@@ -80,7 +83,7 @@ class ResNetV1c(nn.Module):
             self.bn1 = nn.BatchNorm2d(cin)
         self.deep_stem = deep_stem
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        for i, (blocks, stride, dilation) in enumerate(zip(BLOCKS[depth], (1, 2, 1, 1), (1, 1, 2, 4))):
+        for i, (blocks, stride, dilation) in enumerate(zip(BLOCKS[depth], strides, dilations)):
             planes = base_width * 2**i
             downsample = None
             if stride != 1 or cin != planes * block.expansion:
@@ -102,13 +105,75 @@ class ResNetV1c(nn.Module):
         return outs
 
 
-def resize(x, size):
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def make_divisible(value, divisor=8, min_ratio=0.9):
+    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new_value + divisor if new_value < min_ratio * value else new_value
+
+
+class ConvModule6(nn.Module):
+    """mmcv ConvModule with ReLU6 (or no activation): conv (no bias), bn."""
+
+    def __init__(self, cin, cout, kernel, stride=1, padding=0, dilation=1, groups=1, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = act
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return F.relu6(x) if self.act else x
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand_ratio, dilation):
+        super().__init__()
+        self.use_res_connect = stride == 1 and cin == cout
+        hidden = int(round(cin * expand_ratio))
+        layers = [ConvModule6(cin, hidden, 1)] if expand_ratio != 1 else []
+        layers += [ConvModule6(hidden, hidden, 3, stride, dilation, dilation, groups=hidden),
+                   ConvModule6(hidden, cout, 1, act=False)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """mmsegmentation's MobileNetV2 (-d8: strides (1,2,2,1,1,1,1), dilations (1,1,1,2,2,4,4), of which only
+    the first block of each layer takes the dilation); returns layers 2, 3, 5 and 7 (out_indices 1,2,4,6)."""
+
+    arch = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
+
+    def __init__(self, widen_factor=1.0, strides=(1, 2, 2, 1, 1, 1, 1), dilations=(1, 1, 1, 2, 2, 4, 4)):
+        super().__init__()
+        cin = make_divisible(32 * widen_factor)
+        self.conv1 = ConvModule6(3, cin, 3, 2, 1)
+        for i, ((expand, channels, blocks), stride, dilation) in enumerate(zip(self.arch, strides, dilations)):
+            cout = make_divisible(channels * widen_factor)
+            layers = []
+            for j in range(blocks):
+                layers.append(InvertedResidual(cin, cout, stride if j == 0 else 1, expand, dilation if j == 0 else 1))
+                cin = cout
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+
+    def forward(self, x):
+        x = self.conv1(x)
+        outs = []
+        for i in range(1, 8):
+            x = getattr(self, f"layer{i}")(x)
+            if i in (2, 3, 5, 7):
+                outs.append(x)
+        return outs
+
+
+def resize(x, size, align_corners=False):
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class PSPHead(nn.Module):
-    def __init__(self, cin, channels, num_classes, pool_scales=(1, 2, 3, 6)):
+    def __init__(self, cin, channels, num_classes, pool_scales=(1, 2, 3, 6), align_corners=False):
         super().__init__()
+        self.align_corners = align_corners
         self.psp_modules = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(cin, channels, 1)) for s in pool_scales
         )
@@ -117,7 +182,7 @@ class PSPHead(nn.Module):
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x):
-        outs = [x] + [resize(m(x), x.shape[2:]) for m in self.psp_modules]
+        outs = [x] + [resize(m(x), x.shape[2:], self.align_corners) for m in self.psp_modules]
         return self.conv_seg(self.dropout(self.bottleneck(torch.cat(outs, dim=1))))
 
 
@@ -133,22 +198,34 @@ class FCNHead(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """mmsegmentation's EncoderDecoder with PSPHead and FCNHead; returns logits at the input size."""
+    """mmsegmentation's EncoderDecoder with PSPHead and FCNHead; returns logits at the input size.
+
+    depth 18-152: ResNetV1c (deep_stem) or ResNet; depth "mobilenet_v2": MobileNetV2 (widen_factor).
+    `output_stride` 8 ("-d8") or 32 ("-d32", ResNets only: its configs keep dilations (1, 1, 2, 4)).
+    """
 
     def __init__(self, num_classes, depth=50, deep_stem=True, stem_widths=(32, 32, 64), base_width=64,
-                 channels=512, aux_channels=256, pool_scales=(1, 2, 3, 6)):
+                 channels=512, aux_channels=256, pool_scales=(1, 2, 3, 6), align_corners=False, output_stride=8,
+                 widen_factor=1.0, contract_dilation=True):
         super().__init__()
-        self.backbone = ResNetV1c(depth, deep_stem, stem_widths, base_width)
-        expansion = 4 if depth >= 50 else 1
-        self.decode_head = PSPHead(base_width * 8 * expansion, channels, num_classes, pool_scales)
-        self.auxiliary_head = FCNHead(base_width * 4 * expansion, aux_channels, num_classes)
+        self.align_corners = align_corners
+        if depth == "mobilenet_v2":
+            self.backbone = MobileNetV2(widen_factor)
+            final, aux_in = make_divisible(320 * widen_factor), make_divisible(96 * widen_factor)
+        else:
+            plan = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 32: ((1, 2, 2, 2), (1, 1, 2, 4))}[output_stride]
+            self.backbone = ResNetV1c(depth, deep_stem, stem_widths, base_width, contract_dilation, *plan)
+            expansion = 4 if depth >= 50 else 1
+            final, aux_in = base_width * 8 * expansion, base_width * 4 * expansion
+        self.decode_head = PSPHead(final, channels, num_classes, pool_scales, align_corners)
+        self.auxiliary_head = FCNHead(aux_in, aux_channels, num_classes)
 
     def forward(self, x, aux=True):
         stages = self.backbone(x)
-        logits = resize(self.decode_head(stages[3]), x.shape[2:])
+        logits = resize(self.decode_head(stages[3]), x.shape[2:], self.align_corners)
         if not aux:  # inference, as mmsegmentation's EncoderDecoder.inference
             return logits
-        return logits, resize(self.auxiliary_head(stages[2]), x.shape[2:])
+        return logits, resize(self.auxiliary_head(stages[2]), x.shape[2:], self.align_corners)
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:

@@ -13,13 +13,13 @@ def torch_conv_macs(module, size):
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
-        module.eval()(torch.zeros(1, 3, *size))
+        module.eval()(torch.zeros(1, 3, *size), aux=False)  # inference: the auxiliary head does not run
     for handle in handles:
         handle.remove()
     return sum(total)
 
 
-def test_count_macs_equals_pytorch_reference_count():
+def test_count_macs_equals_pytorch_reference_count():  # of inference: an auxiliary head is not counted
     size = (97, 65)
     model = from_preset("pspnet_resnet50_v1c", 7, aux_head=True, input_shape=(*size, 3), base_width=8,
                         stem_widths=(4, 4, 8), pool_channels=16, head_channels=16, aux_channels=8)

@@ -5,8 +5,9 @@ import pytest
 from keras_pspnet.data.context import context_source
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.evaluate import evaluate
-from keras_pspnet.inference import predict_probabilities
+from keras_pspnet.inference import predict_scores
 from keras_pspnet.metrics import format_table, scores
+from keras_pspnet.protocol import TestProtocol
 
 
 def numpy_scores(labels, predictions, num_classes):
@@ -66,16 +67,16 @@ def test_scores_skip_absent_classes_and_ignore_label(rng):
 def test_inference_modes_agree_for_a_pointwise_model(rng, mode, crop, scales, flip):
     model = pointwise_model()
     image = rng.uniform(0, 255, (50, 71, 3)).astype(np.float32)
-    whole = predict_probabilities(model, image)
-    np.testing.assert_allclose(predict_probabilities(model, image, mode=mode, crop=crop, scales=scales, flip=flip),
-                               whole, atol=1e-5)
+    whole = predict_scores(model, image)
+    protocol = TestProtocol(mode=mode, crop=crop, scales=scales, flip=flip)
+    np.testing.assert_allclose(predict_scores(model, image, protocol), whole, atol=1e-5)
 
 
 def test_multi_scale_returns_input_resolution(rng):
     model = pointwise_model()
     image = rng.uniform(0, 255, (40, 52, 3)).astype(np.float32)
-    probabilities = predict_probabilities(model, image, scales=(0.5, 0.75, 1.0, 1.25), flip=True)
+    probabilities = predict_scores(model, image, TestProtocol(scales=(0.5, 0.75, 1.0, 1.25), flip=True))
     assert probabilities.shape == (40, 52, 4)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="needs a crop size"):
-        predict_probabilities(model, image, mode="slide")
+        TestProtocol(mode="slide")

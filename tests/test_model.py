@@ -97,8 +97,10 @@ def test_normalisation_follows_imagenet_weights(tmp_path):
 
 
 def test_presets_build_named_configurations():
-    assert list_presets() == ["pspnet_mobilenet_v2", "pspnet_resnet101", "pspnet_resnet101_v1c",
-                              "pspnet_resnet50", "pspnet_resnet50_v1c"]
+    assert list_presets() == ["pspnet_mobilenet_v2", "pspnet_mobilenet_v2_mmseg", "pspnet_resnet101",
+                              "pspnet_resnet101_semseg", "pspnet_resnet101_v1b", "pspnet_resnet101_v1c",
+                              "pspnet_resnet18_v1b", "pspnet_resnet18_v1c", "pspnet_resnet50", "pspnet_resnet50_semseg",
+                              "pspnet_resnet50_v1b", "pspnet_resnet50_v1c"]
     model = from_preset("pspnet_mobilenet_v2", 4, alpha=0.35)
     assert model.get_layer("head_conv").filters == 256 and model.output.shape[-1] == 4
     with pytest.raises(ValueError, match="valid presets: \\['pspnet_mobilenet_v2'"):

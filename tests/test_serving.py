@@ -13,7 +13,8 @@ from PIL import Image
 
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.data.context import context_scene
-from keras_pspnet.predict import KerasPredictor, predict_files
+from keras_pspnet.predict import predict_files
+from keras_pspnet.predictors import KerasPredictor
 
 spec = importlib.util.spec_from_file_location("client", os.path.join(os.path.dirname(__file__), "..", "serving",
                                                                        "client.py"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from keras_pspnet.config import load_config
+from keras_pspnet.data.context import CONTEXT_INFO
 from keras_pspnet.train import train
 
 TINY = ["dataset=context", "context_scenes=8", "context_size=64", "crop_size=[64, 64]", "batch_size=4", "optimizer=sgd",
@@ -130,7 +131,7 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     from keras_pspnet.train import build_model, make_optimizer
 
     config = load_config(os.path.join(run_dir, "config.yaml"))
-    model = build_model(config, 4, sync_batchnorm=False)
+    model = build_model(config, CONTEXT_INFO, sync_batchnorm=False)
     optimizer = make_optimizer(config)
     optimizer.build(model.trainable_variables)
     tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=tf.Variable(-1.0)).restore(

@@ -36,24 +36,26 @@ def batch_norm_factory(epsilon: float, momentum: float, synchronized: bool):
     )
 
 
-def conv(x, filters, kernel_size, *, stride=1, dilation=1, use_bias, name):
-    """Conv2D with PyTorch's symmetric padding.
+def conv(x, filters, kernel_size, *, stride=1, dilation=1, use_bias, name, depthwise=False):
+    """Conv2D (or DepthwiseConv2D when `depthwise`; `filters` is then ignored) with PyTorch's symmetric padding.
 
     Keras' "same" padding pads only bottom/right for even sizes at stride 2; converted PyTorch weights
-    need (k - 1) // 2 on every side, so strided convolutions get an explicit ZeroPadding2D.
+    need (k - 1) // 2 on every side, so strided convolutions get an explicit ZeroPadding2D. Keras refuses a
+    stride with a dilation (mmsegmentation's "-d32" ResNets have one): that conv runs at stride 1 and every
+    stride-th output is kept, which is the same numbers.
     """
+    subsample = stride if stride > 1 and dilation > 1 else 1
     if stride > 1 and kernel_size > 1:
         pad = dilation * (kernel_size - 1) // 2
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
     else:
         padding = "same"
-    return layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=stride,
-        dilation_rate=dilation,
-        padding=padding,
-        use_bias=use_bias,
-        name=name,
-    )(x)
+    options = dict(strides=stride // subsample, dilation_rate=dilation, padding=padding, use_bias=use_bias, name=name)
+    if depthwise:
+        x = layers.DepthwiseConv2D(kernel_size, **options)(x)
+    else:
+        x = layers.Conv2D(filters, kernel_size, **options)(x)
+    if subsample > 1:  # a 1x1 pooling window with a stride keeps every stride-th pixel
+        x = layers.MaxPooling2D(1, strides=subsample, name=f"{name}_subsample")(x)
+    return x

@@ -83,6 +83,7 @@ def resnet_features(
     contract_dilation: bool = False,
     style: str = "keras",
     stages: int = 4,
+    dilations: Sequence[int] | None = None,
     sync_batchnorm: bool = False,
 ) -> dict:
     """Applies a dilated ResNet to the tensor `x` (normalised NHWC image).
@@ -98,6 +99,8 @@ def resnet_features(
         style: "keras" (keras.applications layout) or "pytorch" (torchvision/mmsegmentation layout).
         stages: 4 (every published ResNet) or 3 (a small network with a small receptive field, as in the
             context demo); the last stage is the final feature map.
+        dilations: per-stage dilation; default what `output_stride` implies (each stride given up becomes
+            dilation). mmsegmentation's "-d32" configs keep strides (1, 2, 2, 2) and dilations (1, 1, 2, 4).
         sync_batchnorm: synchronise batch statistics across replicas (TensorFlow backend only).
 
     Returns:
@@ -122,6 +125,10 @@ def resnet_features(
     x = _stem(x, stem, stem_widths, style, norm)
     features = {}
     plan = stride_plan((1, 2, 2, 2), output_stride, initial_stride=4)
+    if dilations is not None:
+        if len(dilations) != 4 or min(dilations) < 1:
+            raise ValueError(f"dilations needs 4 values >= 1 (one per stage), got {tuple(dilations)}.")
+        plan = [(stride, int(dilation)) for (stride, _), dilation in zip(plan, dilations)]
     for stage, (num_blocks, (stride, dilation)) in enumerate(zip(blocks[:stages], plan)):
         for block in range(num_blocks):
             block_dilation = dilation

@@ -1,19 +1,32 @@
-"""Import of mmsegmentation PSPNet checkpoints (ResNetV1c / ResNet backbones, PSPHead, FCNHead)."""
+"""Import of mmsegmentation PSPNet checkpoints: ResNetV1c / ResNet (V1b) or MobileNetV2, PSPHead, FCNHead.
+
+Architecture widths, depth and heads are read off the checkpoint's keys and shapes. What weights cannot
+tell (pyramid bin sizes, output stride, contract_dilation, align_corners, the test protocol) comes from the
+config text mmsegmentation stores in the checkpoint's meta when it is there, else from arguments with
+the defaults of mmsegmentation's PSPNet configs; an argument that contradicts the stored config is refused.
+"""
 
 from __future__ import annotations
 
+import ast
+import itertools
+import math
 import os
 import re
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 
+from keras_pspnet.backbones.common import stride_plan
+from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.backbones.resnet import RESNET_DEPTHS
-from keras_pspnet.model import DEFAULT_BINS, build_pspnet
+from keras_pspnet.convert.common import assign_weights, checkpoint_classes, read_checkpoint
+from keras_pspnet.data.classes import classes_metadata
+from keras_pspnet.model import build_pspnet
+from keras_pspnet.protocol import TestProtocol, mmseg_protocol
 
-_BACKBONE_RULES = (
+_RULES = (
     (r"backbone\.stem\.([0-9]+)", lambda m: f"stem_{int(m[1]) // 3 + 1}_{'conv' if int(m[1]) % 3 == 0 else 'bn'}"),
     (r"backbone\.conv1", lambda m: "conv1_conv"),
     (r"backbone\.bn1", lambda m: "conv1_bn"),
@@ -26,145 +39,182 @@ _BACKBONE_RULES = (
     (r"auxiliary_head\.convs\.0\.(conv|bn)", lambda m: f"aux_{m[1]}"),
     (r"auxiliary_head\.conv_seg", lambda m: "aux_classifier"),
 )
-_PARAM_ORDER = {  # Keras weight order per layer type, as PyTorch parameter names
-    "conv": ("weight", "bias"),
-    "bn": ("weight", "bias", "running_mean", "running_var"),
-}
+# mmsegmentation's MobileNetV2: layer<s>.<j>.conv.<k>.{conv,bn}, k over (expand,) depthwise, project.
+_MOBILENET_FIRST_BLOCK = [0, *itertools.accumulate(stage[2] for stage in MOBILENET_V2_STAGES)]
+# What mmsegmentation's PSPNet configs use when a checkpoint stores no config (dilations: as the stride implies).
+DEFAULTS = {"bins": (1, 2, 3, 6), "output_stride": 8, "contract_dilation": True, "align_corners": False,
+            "dilations": None}
 
 
-def load_state_dict(path: str, trust_checkpoint: bool = False) -> dict[str, np.ndarray]:
-    """Reads a .pth checkpoint (a state dict, or mmsegmentation's {"state_dict": ..., "meta": ...})."""
-    try:
-        import torch
-    except ImportError:
-        raise ImportError("Converting PyTorch checkpoints needs torch: pip install 'keras-pspnet[convert]'.") from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except Exception as error:  # torch raises several types for corrupt or unsafe pickles
-        hint = "" if trust_checkpoint else " (if you trust its source, retry with trust_checkpoint=True)"
-        raise ValueError(f"{path}: cannot read the checkpoint: {str(error).splitlines()[0]}{hint}.") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{path}: no state dict found in the checkpoint.")
-    return {key.removeprefix("module."): value.detach().cpu().numpy() for key, value in state.items()}
+def _mobilenet_layer(module: str) -> str | None:
+    match = re.fullmatch(r"backbone\.conv1\.(conv|bn)", module)
+    if match:
+        return "Conv1" if match[1] == "conv" else "bn_Conv1"
+    match = re.fullmatch(r"backbone\.layer([1-7])\.([0-9]+)\.conv\.([0-2])\.(conv|bn)", module)
+    if not match:
+        return None
+    block = _MOBILENET_FIRST_BLOCK[int(match[1]) - 1] + int(match[2])
+    parts = ("depthwise", "project") if block == 0 else ("expand", "depthwise", "project")
+    if int(match[3]) >= len(parts):
+        return None
+    prefix = f"block_{block}_" if block else "expanded_conv_"
+    return prefix + parts[int(match[3])] + ("" if match[4] == "conv" else "_BN")
 
 
-def _layer_name(module: str, bins: Sequence[int]) -> str | None:
+def layer_name(module: str, bins: Sequence[int]) -> str | None:
+    """The Keras layer of an mmsegmentation module key; pyramid branch k is the branch of bin size bins[k]."""
     match = re.fullmatch(r"decode_head\.psp_modules\.([0-9]+)\.1\.(conv|bn)", module)
     if match:
         index = int(match[1])
         return f"ppm_{bins[index]}_{match[2]}" if index < len(bins) else None
-    for pattern, name in _BACKBONE_RULES:
+    for pattern, name in _RULES:
         match = re.fullmatch(pattern, module)
         if match:
             return name(match)
-    return None
+    return _mobilenet_layer(module)
 
 
 def infer_config(state: Mapping[str, np.ndarray], path: str = "checkpoint") -> dict:
-    """Reads depth, stem, widths, class count and heads off the checkpoint's keys and shapes."""
+    """Reads backbone, depth or width, stem, head widths, class count and heads off the keys and shapes."""
     if "decode_head.conv_seg.weight" not in state:
         raise ValueError(f"{path}: not an mmsegmentation decode-head checkpoint (no decode_head.conv_seg.weight).")
-    blocks = []
-    for stage in range(1, 5):
-        indices = {int(k.split(".")[2]) for k in state if k.startswith(f"backbone.layer{stage}.")}
-        blocks.append(len(indices))
-    bottleneck = "backbone.layer1.0.conv3.weight" in state
-    depth = next((d for d, (b, neck) in RESNET_DEPTHS.items() if b == tuple(blocks) and neck == bottleneck), None)
-    if depth is None:
-        raise ValueError(f"{path}: blocks per stage {blocks} (bottleneck={bottleneck}) match no ResNet depth.")
-    if "backbone.stem.0.weight" in state:
-        stem, stem_widths = "deep", tuple(state[f"backbone.stem.{i}.weight"].shape[0] for i in (0, 3, 6))
+    if "backbone.layer1.0.conv.0.conv.weight" in state:  # InvertedResidual blocks
+        final = state.get("backbone.layer7.0.conv.2.conv.weight")
+        if final is None:
+            raise ValueError(f"{path}: a MobileNetV2 without its 7th stage (backbone.layer7.0.conv.2.conv.weight).")
+        config = {"backbone": "mobilenet_v2", "style": "pytorch", "alpha": final.shape[0] / 320}
     else:
-        stem, stem_widths = "standard", (state["backbone.conv1.weight"].shape[0],)
-    num_pool = len({k.split(".")[2] for k in state if k.startswith("decode_head.psp_modules.")})
-    config = {
-        "backbone": f"resnet{depth}",
-        "num_classes": state["decode_head.conv_seg.weight"].shape[0],
-        "stem": stem,
-        "stem_widths": stem_widths,
-        "base_width": state["backbone.layer1.0.conv1.weight"].shape[0],
-        "head_channels": state["decode_head.bottleneck.conv.weight"].shape[0],
-        "num_pool_branches": num_pool,
-        "aux_head": "auxiliary_head.conv_seg.weight" in state,
-    }
-    if num_pool:
+        blocks = []
+        for stage in range(1, 5):
+            indices = {int(k.split(".")[2]) for k in state if k.startswith(f"backbone.layer{stage}.")}
+            blocks.append(len(indices))
+        bottleneck = "backbone.layer1.0.conv3.weight" in state
+        depth = next((d for d, (b, neck) in RESNET_DEPTHS.items() if b == tuple(blocks) and neck == bottleneck), None)
+        if depth is None:
+            raise ValueError(f"{path}: blocks per stage {blocks} (bottleneck={bottleneck}) match no ResNet depth.")
+        if "backbone.stem.0.weight" in state:
+            stem, stem_widths = "deep", tuple(state[f"backbone.stem.{i}.weight"].shape[0] for i in (0, 3, 6))
+        elif "backbone.conv1.weight" in state:
+            stem, stem_widths = "standard", (state["backbone.conv1.weight"].shape[0],)
+        else:
+            raise ValueError(f"{path}: a backbone without a stem (backbone.stem.* or backbone.conv1.*).")
+        config = {"backbone": f"resnet{depth}", "style": "pytorch", "stem": stem, "stem_widths": stem_widths,
+                  "base_width": state["backbone.layer1.0.conv1.weight"].shape[0]}
+    if "decode_head.bottleneck.conv.weight" not in state:
+        raise ValueError(f"{path}: not a PSPHead (no decode_head.bottleneck.conv.weight).")
+    branches = sorted({int(k.split(".")[2]) for k in state if k.startswith("decode_head.psp_modules.")})
+    config.update(num_classes=state["decode_head.conv_seg.weight"].shape[0],
+                  head_channels=state["decode_head.bottleneck.conv.weight"].shape[0],
+                  num_pool_branches=len(branches), aux_head="auxiliary_head.conv_seg.weight" in state)
+    if branches:
         config["pool_channels"] = state["decode_head.psp_modules.0.1.conv.weight"].shape[0]
     if config["aux_head"]:
         config["aux_channels"] = state["auxiliary_head.convs.0.conv.weight"].shape[0]
     return config
 
 
-def assign_weights(model: keras.Model, state: Mapping[str, np.ndarray], bins: Sequence[int], path: str) -> None:
-    """Sets every weight of `model` from `state`; any missing, unexpected or mis-shaped key is an error."""
-    modules: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-    for key, value in state.items():
-        module, param = key.rsplit(".", 1)
-        if param != "num_batches_tracked":
-            modules[module][param] = value
-    problems, assignments, covered = [], [], set()
-    for module, params in modules.items():
-        name = _layer_name(module, bins)
-        layer = _find_layer(model, name)
-        if layer is None:
-            problems.extend(f"unexpected key {module}.{p}" for p in params)
-            continue
-        kind = "bn" if isinstance(layer, keras.layers.BatchNormalization) else "conv"
-        order = _PARAM_ORDER[kind][: len(layer.get_weights())]
-        values = []
-        for param in order:
-            if param not in params:
-                problems.append(f"missing key {module}.{param}")
-                continue
-            value = params[param]
-            if param == "weight" and kind == "conv":
-                value = value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
-            values.append(value)
-        problems.extend(f"unexpected key {module}.{p}" for p in sorted(set(params) - set(order)))
-        if len(values) == len(order):
-            expected = [tuple(w.shape) for w in layer.get_weights()]
-            got = [tuple(v.shape) for v in values]
-            if expected != got:
-                problems.append(f"{module}: shapes {got} do not fit layer {layer.name} {expected}")
-            else:
-                assignments.append((layer, values))
-        covered.add(layer.name)
-    for layer in model.layers:
-        if layer.get_weights() and layer.name not in covered and not isinstance(layer, keras.layers.Normalization):
-            problems.append(f"missing weights for layer {layer.name}")
-    if problems:
-        raise ValueError(f"{path}: checkpoint does not fit the model: " + "; ".join(problems))
-    for layer, values in assignments:
-        layer.set_weights(values)
+def _literal(node: ast.AST):
+    """A config expression as Python data: literals, containers and dict(...) calls; nothing is executed."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        values = [_literal(v) for v in node.elts]
+        return tuple(values) if isinstance(node, ast.Tuple) else values
+    if isinstance(node, ast.Dict):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values) if k is not None}
+    return ast.literal_eval(node)
 
 
-def _find_layer(model, name):
-    if name is None:
-        return None
+def stored_config(meta: Mapping) -> dict:
+    """The top-level variables of the config text mmsegmentation keeps in a checkpoint's meta ({} if none)."""
+    text = meta.get("config") or meta.get("cfg")
+    if not isinstance(text, str):
+        return {}
     try:
-        return model.get_layer(name)
-    except ValueError:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {}
+    values = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0],
+                                                                                           ast.Name):
+            try:
+                values[statement.targets[0].id] = _literal(statement.value)
+            except (ValueError, TypeError, SyntaxError):
+                continue  # expressions we do not need (lambdas, names of other variables)
+    return values
+
+
+def config_hints(meta: Mapping, path: str) -> dict:
+    """What the stored config says of bins, output stride, contract_dilation, align_corners and the protocol."""
+    values = stored_config(meta)
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return {}
+    head, backbone = model.get("decode_head") or {}, model.get("backbone") or {}
+    if head.get("type", "PSPHead") != "PSPHead":
+        raise ValueError(f"{path}: the checkpoint's config describes a {head['type']} model, not PSPNet (PSPHead).")
+    hints = {"bins": tuple(head.get("pool_scales", DEFAULTS["bins"])),
+             "align_corners": bool(head.get("align_corners", False))}
+    mobilenet = backbone.get("type") == "MobileNetV2"
+    nominal = [stage[3] for stage in MOBILENET_V2_STAGES] if mobilenet else [1, 2, 2, 2]
+    strides = list(backbone.get("strides", nominal))
+    dilations = list(backbone.get("dilations", [1] * len(nominal)))
+    output_stride = (2 if mobilenet else 4) * math.prod(strides)
+    plan = stride_plan(nominal, output_stride, 2 if mobilenet else 4)
+    if strides != [stride for stride, _ in plan] or (mobilenet and dilations != [d for _, d in plan]):
+        raise ValueError(f"{path}: backbone strides {tuple(strides)} with dilations {tuple(dilations)} are not a "
+                         f"dilated network we build (for output stride {output_stride}: {plan}).")
+    hints["output_stride"] = output_stride
+    if not mobilenet:
+        hints["contract_dilation"] = bool(backbone.get("contract_dilation", False))
+        hints["dilations"] = tuple(dilations)  # "-d32" keeps (1, 1, 2, 4) with all its strides
+    protocol = _config_protocol(values, model)
+    if protocol:
+        hints["protocol"] = protocol
+    return hints
+
+
+def _config_protocol(values: dict, model: dict) -> TestProtocol | None:
+    """The test protocol of the config: its keep-ratio Resize scale and test_cfg (whole or slide)."""
+    scale = None
+    for step in values.get("test_pipeline") or []:
+        if isinstance(step, dict) and step.get("type") == "Resize" and step.get("keep_ratio") and step.get("scale"):
+            scale = step["scale"]  # mmsegmentation 1.x
+        elif isinstance(step, dict) and step.get("type") == "MultiScaleFlipAug" and step.get("img_scale"):
+            scale = step["img_scale"]  # 0.x
+    if not (isinstance(scale, (tuple, list)) and len(scale) == 2):
         return None
+    test_cfg = model.get("test_cfg") or {}
+    if test_cfg.get("mode") == "slide":
+        return mmseg_protocol(scale, test_cfg.get("crop_size"), test_cfg.get("stride"))
+    return mmseg_protocol(scale)
 
 
 def from_mmseg(
     path: str,
     num_classes: int | None = None,
     *,
-    bins: Sequence[int] = DEFAULT_BINS,
-    output_stride: int = 8,
-    contract_dilation: bool = True,
+    bins: Sequence[int] | None = None,
+    output_stride: int | None = None,
+    contract_dilation: bool | None = None,
+    align_corners: bool | None = None,
+    dilations: Sequence[int] | None = None,
     aux_head: bool | None = None,
+    classes=None,
     trust_checkpoint: bool = False,
     **build_kwargs,
 ) -> keras.Model:
-    """Builds a PSPNet from an mmsegmentation checkpoint (.pth) with all its weights loaded.
+    """Builds a PSPNet from an mmsegmentation checkpoint (.pth) with all its weights loaded; torch is not needed.
 
-    Depth, stem, widths, class count and the presence of the auxiliary head are read off the checkpoint.
-    What a checkpoint cannot tell is an argument: `bins` (mmsegmentation's pool_scales), `output_stride`
-    (8 for "-d8" configs) and `contract_dilation` (True for ResNetV1c configs).
+    Backbone (ResNetV1c, ResNet/V1b, MobileNetV2), depth, widths, class count and the auxiliary head are read
+    off the checkpoint. `bins` (pool_scales), `output_stride` (8 for "-d8", 32 for "-d32"),
+    `contract_dilation` and `align_corners` (True for the 769x769 Cityscapes models) default to the config
+    stored in the checkpoint, else to mmsegmentation's PSPNet defaults (1,2,3,6), 8, True, False; a value
+    that contradicts the stored config is an error. "-d32" configs keep dilations (1, 1, 2, 4) beside their
+    strides: `dilations`, also read from the stored config. The model's metadata holds the class names and colours
+    (`classes`: a name of `keras_pspnet.data.classes.CLASS_SETS`; default the checkpoint's own, else the
+    reference dataset with that many classes) and the config's test protocol when stored.
 
     Args:
         path: the checkpoint file.
@@ -173,14 +223,25 @@ def from_mmseg(
         trust_checkpoint: allow arbitrary pickled objects (only for checkpoints from a trusted source).
         **build_kwargs: more `build_pspnet` arguments (e.g. `input_dtype`, `sync_batchnorm`).
     """
-    state = load_state_dict(path, trust_checkpoint)
+    state, meta = read_checkpoint(path, trust_checkpoint)
     config = infer_config(state, path)
+    hints = config_hints(meta, path)
+    given = {"bins": tuple(bins) if bins is not None else None, "output_stride": output_stride,
+             "contract_dilation": contract_dilation, "align_corners": align_corners,
+             "dilations": tuple(dilations) if dilations is not None else None}
+    clashes = [f"{key}={value!r} (its config says {hints[key]!r})" for key, value in given.items()
+               if value is not None and key in hints and value != hints[key]]
+    if clashes:
+        raise ValueError(f"{path}: {', '.join(clashes)} contradicts the config stored in the checkpoint; omit the "
+                         "argument to use the config's value.")
+    options = {**DEFAULTS, **{k: v for k, v in hints.items() if k in DEFAULTS},
+               **{k: v for k, v in given.items() if v is not None}}
     if num_classes is not None and num_classes != config["num_classes"]:
         raise ValueError(f"{path}: the checkpoint has {config['num_classes']} classes, not {num_classes}.")
     branches = config.pop("num_pool_branches")
-    if branches != len(bins):
-        raise ValueError(f"{path}: the checkpoint has {branches} pyramid branches but bins={tuple(bins)} has "
-                         f"{len(bins)}; pass the checkpoint's pool_scales as bins.")
+    if branches != len(options["bins"]):
+        raise ValueError(f"{path}: the checkpoint has {branches} pyramid branches but bins={options['bins']} has "
+                         f"{len(options['bins'])}; pass the checkpoint's pool_scales as bins.")
     has_aux = config["aux_head"]
     config["aux_head"] = has_aux if aux_head is None else aux_head
     if config["aux_head"] and not has_aux:
@@ -188,9 +249,14 @@ def from_mmseg(
     if not config["aux_head"]:
         state = {k: v for k, v in state.items() if not k.startswith("auxiliary_head.")}
         config.pop("aux_channels", None)
-    model = build_pspnet(
-        **config, bins=bins, output_stride=output_stride, contract_dilation=contract_dilation, style="pytorch",
-        **build_kwargs,
-    )
-    assign_weights(model, state, bins, path)
+    if options["dilations"] is None:
+        options.pop("dilations")
+    if config["backbone"] == "mobilenet_v2":
+        options.pop("contract_dilation")
+    info = checkpoint_classes(meta, config["num_classes"], path, classes)
+    metadata = {"classes": classes_metadata(info), "source": {"format": "mmsegmentation", "file": os.path.basename(path)}}
+    if "protocol" in hints:
+        metadata["protocol"] = hints["protocol"].to_dict()
+    model = build_pspnet(**config, **options, metadata=metadata, **build_kwargs)
+    assign_weights(model, state, lambda module: layer_name(module, options["bins"]), path)
     return model

@@ -22,12 +22,22 @@ CLASS_SETS = {
 CLASSES_FILE = "classes.json"  # written by training beside the run's models
 
 
-def resolve_classes(spec: str | None, num_classes: int, model_path: str | None = None) -> DatasetInfo:
+def classes_metadata(info: DatasetInfo) -> list[dict]:
+    """Class names and colours as a model's metadata (and exported JSON) hold them."""
+    return [{"name": name, "color": list(color)} for name, color in zip(info.class_names, info.colors)]
+
+
+def resolve_classes(spec: str | None, num_classes: int, model_path: str | None = None,
+                    metadata: dict | None = None) -> DatasetInfo:
     """Class names and colours for a model predicting `num_classes` classes.
 
-    `spec`: a name of CLASS_SETS, a classes.json file, or None: the classes.json beside `model_path`
-    (training writes one), else generic names with the PASCAL VOC colour map.
+    `spec`: a name of CLASS_SETS or a classes.json file; or None: the model's own classes (its `metadata`),
+    else the classes.json beside `model_path` (models of keras-pspnet 0.1), else generic names with the
+    PASCAL VOC colour map.
     """
+    if spec is None and (metadata or {}).get("classes"):
+        classes = metadata["classes"]
+        return DatasetInfo("model", tuple(c["name"] for c in classes), tuple(tuple(c["color"]) for c in classes))
     if spec is None and model_path:
         folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
         candidate = os.path.join(folder, CLASSES_FILE)

@@ -1,0 +1,104 @@
+"""One interface over the three forms a model takes: a Keras model, an exported SavedModel and a .tflite.
+
+A predictor has `predict_on_batch(images float32 [B, H, W, 3], pixels 0-255) -> logits [B, H, W, classes]`,
+and `mean` (the RGB fill for padding), `num_classes`, `input_size` (fixed (H, W) or None), `align_corners`
+and `metadata` (classes, test protocol and source, as `keras_pspnet.model.model_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from keras_pspnet.inference import model_mean
+from keras_pspnet.model import inference_model, model_metadata, uses_align_corners
+
+METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
+
+
+class KerasPredictor:
+    """A Keras model; an auxiliary head is dropped (`inference_model`)."""
+
+    def __init__(self, model: keras.Model):
+        self.model = inference_model(model)
+        self.mean, self.input_size = model_mean(self.model), None
+        self.num_classes = int(self.model.output.shape[-1])
+        self.align_corners = uses_align_corners(self.model)
+        self.metadata = model_metadata(self.model)
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(images))
+
+
+class _ExportedPredictor:
+    """Classes, normalisation mean, input size and protocol come from the metadata JSON of `keras_pspnet.export`."""
+
+    def __init__(self, path: str, metadata_path: str):
+        self.path = path
+        try:
+            with open(metadata_path) as f:
+                self.metadata = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {error})") from None
+        self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
+        self.num_classes = len(self.metadata["classes"])
+        self.input_size = tuple(self.metadata["input_size"]) if "input_size" in self.metadata else None
+        self.align_corners = bool(self.metadata.get("align_corners", False))
+
+
+class SavedModelPredictor(_ExportedPredictor):
+    """An exported SavedModel (its "logits" signature)."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        super().__init__(path, os.path.join(path, "assets.extra", METADATA_FILE))
+        self.signature = tf.saved_model.load(path).signatures["logits"]
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        return self.signature(images=tf.constant(images, tf.float32))["logits"].numpy()
+
+
+class TFLitePredictor(_ExportedPredictor):
+    """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size)."""
+
+    def __init__(self, path: str, threads: int = 2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().__init__(path, os.path.splitext(path)[0] + ".json")
+        self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:3]) != self.input_size:
+            raise ValueError(f"{self.path}: takes {self.input_size[0]}x{self.input_size[1]} images, got "
+                             f"{images.shape[1]}x{images.shape[2]} (use --mode slide, or export with --input-size)")
+        return np.concatenate([self.runner(images=np.clip(np.round(image), 0, 255).astype(np.uint8)[None])["logits"]
+                               for image in images])
+
+
+def as_predictor(model):
+    """A predictor for a Keras model; predictors pass through."""
+    return KerasPredictor(model) if isinstance(model, keras.Model) else model
+
+
+def load_predictor(path: str):
+    """A predictor for a .keras file, a SavedModel (or TF Serving base directory: its latest version) or a .tflite."""
+    if path.endswith(".tflite"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: model not found")
+        return TFLitePredictor(path)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            versions = sorted((int(v) for v in os.listdir(path) if v.isdigit()), reverse=True)
+            if not versions:
+                raise ValueError(f"{path}: neither a SavedModel nor a TF Serving model directory")
+            path = os.path.join(path, str(versions[0]))
+        return SavedModelPredictor(path)
+    from keras_pspnet.model import load_model
+
+    return KerasPredictor(load_model(path))

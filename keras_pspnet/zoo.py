@@ -1,0 +1,211 @@
+"""Published PSPNets in one line: mmsegmentation's checkpoints, downloaded once, verified, converted once.
+
+`from_pretrained(name)` downloads the checkpoint into the Keras cache (`~/.keras/keras_pspnet/`, or
+$KERAS_HOME) with `keras.utils.get_file`, checks the SHA-256 prefix that mmsegmentation puts in every file
+name, converts it with `from_mmseg` (no torch needed) and keeps the converted model there: later calls load
+it and need no network. $KERAS_PSPNET_MIRROR replaces the download base URL (an http(s) URL or a local
+folder laid out like the original host) for air-gapped machines and the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import sys
+
+import keras
+
+from keras_pspnet.convert.mmseg import from_mmseg
+from keras_pspnet.model import inference_model, load_model, set_model_metadata
+from keras_pspnet.protocol import TestProtocol, mmseg_protocol
+
+BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/"
+MIRROR_ENV = "KERAS_PSPNET_MIRROR"
+CACHE_SUBDIR = "keras_pspnet"
+CONVERTER_VERSION = 1  # in converted file names: a converter that changes its output converts anew
+
+# mmsegmentation's test protocols of the published numbers (configs/_base_/datasets/*.py, test_cfg).
+CITYSCAPES = mmseg_protocol((2048, 1024))
+CITYSCAPES_769 = mmseg_protocol((2049, 1025), crop=(769, 769), stride=(513, 513))
+ADE20K_VOC = mmseg_protocol((2048, 512))
+D32 = {"output_stride": 32, "dilations": (1, 1, 2, 4)}  # "-d32" configs keep their dilations
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedPSPNet:
+    """A published checkpoint: where it is, what it is, what it scored and how that was measured."""
+
+    name: str  # mmsegmentation 1.x config name
+    dataset: str  # a class set of keras_pspnet.data.classes.CLASS_SETS
+    backbone: str  # for people: "R-50 V1c D8"
+    path: str  # under BASE_URL; the 8 hex digits after the last "-" start the file's SHA-256
+    miou: float  # published mIoU (%), val, single scale
+    miou_ms: float | None  # with multi-scale (0.5-1.75) and flip
+    protocol: TestProtocol  # the test protocol of those numbers (single scale)
+    options: dict = dataclasses.field(default_factory=dict)  # from_mmseg arguments of its config
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.path.rsplit("-", 1)[1].split(".")[0]
+
+    @property
+    def file_name(self) -> str:
+        return self.path.rsplit("/", 1)[1]
+
+    @property
+    def url(self) -> str:
+        """The download URL; $KERAS_PSPNET_MIRROR (a URL or a folder) replaces the base."""
+        base = os.environ.get(MIRROR_ENV) or BASE_URL
+        if "://" not in base:
+            base = pathlib.Path(base).absolute().as_uri()
+        return base.rstrip("/") + "/" + self.path
+
+
+def _entry(name, dataset, backbone, path, miou, miou_ms, protocol, **options) -> PretrainedPSPNet:
+    return PretrainedPSPNet(name, dataset, backbone, path, miou, miou_ms, protocol, options)
+
+
+ZOO = {entry.name: entry for entry in (
+    _entry("pspnet_r18-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-18 V1c D8",
+           "pspnet/pspnet_r18-d8_512x1024_80k_cityscapes/pspnet_r18-d8_512x1024_80k_cityscapes_20201225_021458-09ffa746.pth",
+           74.87, 76.04, CITYSCAPES),
+    _entry("pspnet_r50-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-50 V1c D8",
+           "pspnet/pspnet_r50-d8_512x1024_80k_cityscapes/pspnet_r50-d8_512x1024_80k_cityscapes_20200606_112131-2376f12b.pth",
+           78.55, 79.79, CITYSCAPES),
+    _entry("pspnet_r101-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-101 V1c D8",
+           "pspnet/pspnet_r101-d8_512x1024_80k_cityscapes/pspnet_r101-d8_512x1024_80k_cityscapes_20200606_112211-e1e1100f.pth",
+           79.76, 81.01, CITYSCAPES),
+    _entry("pspnet_r18-d8_4xb2-80k_cityscapes-769x769", "cityscapes", "R-18 V1c D8",
+           "pspnet/pspnet_r18-d8_769x769_80k_cityscapes/pspnet_r18-d8_769x769_80k_cityscapes_20201225_021458-3deefc62.pth",
+           75.90, 77.86, CITYSCAPES_769, align_corners=True),
+    _entry("pspnet_r50-d8_4xb2-80k_cityscapes-769x769", "cityscapes", "R-50 V1c D8",
+           "pspnet/pspnet_r50-d8_769x769_80k_cityscapes/pspnet_r50-d8_769x769_80k_cityscapes_20200606_210121-5ccf03dd.pth",
+           79.59, 80.69, CITYSCAPES_769, align_corners=True),
+    _entry("pspnet_r101-d8_4xb2-80k_cityscapes-769x769", "cityscapes", "R-101 V1c D8",
+           "pspnet/pspnet_r101-d8_769x769_80k_cityscapes/pspnet_r101-d8_769x769_80k_cityscapes_20200606_225055-dba412fa.pth",
+           79.77, 81.06, CITYSCAPES_769, align_corners=True),
+    _entry("pspnet_r50b-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-50 V1b D8",
+           "pspnet/pspnet_r50b-d8_512x1024_80k_cityscapes/pspnet_r50b-d8_512x1024_80k_cityscapes_20201225_094315-6344287a.pth",
+           78.22, 79.46, CITYSCAPES),
+    _entry("pspnet_r101b-d8_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-101 V1b D8",
+           "pspnet/pspnet_r101b-d8_512x1024_80k_cityscapes/pspnet_r101b-d8_512x1024_80k_cityscapes_20201226_170012-3a4d38ab.pth",
+           79.69, 80.79, CITYSCAPES),
+    # mmsegmentation's metafile names this one "pspnet_r50b-d32..." twice; its file and log are r50-d32 (V1c).
+    _entry("pspnet_r50-d32_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-50 V1c D32",
+           "pspnet/pspnet_r50-d32_512x1024_80k_cityscapes/pspnet_r50-d32_512x1024_80k_cityscapes_20220316_224840-9092b254.pth",
+           73.88, 76.85, CITYSCAPES, **D32),
+    _entry("pspnet_r50b-d32_4xb2-80k_cityscapes-512x1024", "cityscapes", "R-50 V1b D32",
+           "pspnet/pspnet_r50b-d32_512x1024_80k_cityscapes/pspnet_r50b-d32_512x1024_80k_cityscapes_20220311_152152-23bcaf8c.pth",
+           72.61, 75.51, CITYSCAPES, **D32),
+    _entry("pspnet_r50-d8_4xb4-160k_ade20k-512x512", "ade20k", "R-50 V1c D8",
+           "pspnet/pspnet_r50-d8_512x512_160k_ade20k/pspnet_r50-d8_512x512_160k_ade20k_20200615_184358-1890b0bd.pth",
+           42.48, 43.44, ADE20K_VOC),
+    _entry("pspnet_r101-d8_4xb4-160k_ade20k-512x512", "ade20k", "R-101 V1c D8",
+           "pspnet/pspnet_r101-d8_512x512_160k_ade20k/pspnet_r101-d8_512x512_160k_ade20k_20200615_100650-967c316f.pth",
+           44.39, 45.35, ADE20K_VOC),
+    _entry("pspnet_r50-d8_4xb4-40k_voc12aug-512x512", "voc", "R-50 V1c D8",
+           "pspnet/pspnet_r50-d8_512x512_40k_voc12aug/pspnet_r50-d8_512x512_40k_voc12aug_20200613_161222-ae9c1b8c.pth",
+           77.29, 78.48, ADE20K_VOC),
+    _entry("pspnet_r101-d8_4xb4-40k_voc12aug-512x512", "voc", "R-101 V1c D8",
+           "pspnet/pspnet_r101-d8_512x512_40k_voc12aug/pspnet_r101-d8_512x512_40k_voc12aug_20200613_161222-bc933b18.pth",
+           78.52, 79.57, ADE20K_VOC),
+    _entry("mobilenet-v2-d8_pspnet_4xb2-80k_cityscapes-512x1024", "cityscapes", "MobileNetV2 D8",
+           "mobilenet_v2/pspnet_m-v2-d8_512x1024_80k_cityscapes/pspnet_m-v2-d8_512x1024_80k_cityscapes_20200825_124817-19e81d51.pth",
+           70.23, None, CITYSCAPES),
+    _entry("mobilenet-v2-d8_pspnet_4xb4-160k_ade20k-512x512", "ade20k", "MobileNetV2 D8",
+           "mobilenet_v2/pspnet_m-v2-d8_512x512_160k_ade20k/pspnet_m-v2-d8_512x512_160k_ade20k_20200825_214953-f5942f7a.pth",
+           29.68, None, ADE20K_VOC),
+)}  # fmt: skip
+
+
+def list_pretrained() -> list[str]:
+    """Names accepted by `from_pretrained`."""
+    return sorted(ZOO)
+
+
+def get_entry(name: str) -> PretrainedPSPNet:
+    if name not in ZOO:
+        raise ValueError(f"Unknown pretrained PSPNet {name!r}; valid names: {list_pretrained()}.")
+    return ZOO[name]
+
+
+def _cache_dir(cache_dir: str | None) -> str:
+    return os.path.join(os.path.expanduser(cache_dir or keras.config.keras_home()), CACHE_SUBDIR)
+
+
+def converted_path(name: str, cache_dir: str | None = None) -> str:
+    """Where the converted model of `name` is kept (it exists once `from_pretrained(name)` ran)."""
+    entry = get_entry(name)
+    return os.path.join(_cache_dir(cache_dir), f"{entry.name}-{entry.sha256_prefix}-v{CONVERTER_VERSION}.keras")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(name: str, cache_dir: str | None = None) -> str:
+    """The checkpoint of `name` in the cache, downloaded if missing and checked against its SHA-256 prefix.
+
+    A file that fails the check is removed (and named in the error): running again downloads it anew.
+    """
+    entry = get_entry(name)
+    try:
+        path = keras.utils.get_file(fname=entry.file_name, origin=entry.url, cache_dir=_cache_dir(cache_dir),
+                                    cache_subdir="checkpoints")
+    except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OSError(f"{name}: downloading {entry.url} failed ({reason}); nothing was kept, run again to retry"
+                      f"{'' if os.environ.get(MIRROR_ENV) else f' or set {MIRROR_ENV} to a mirror'}") from None
+    digest = _sha256(path)
+    if not digest.startswith(entry.sha256_prefix):
+        os.remove(path)
+        raise ValueError(f"{path}: SHA-256 {digest[:8]}... does not match {entry.sha256_prefix} published for {name} "
+                         "(a truncated or altered download); the file was removed, run again to download it anew")
+    return path
+
+
+def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None = None) -> keras.Model:
+    """A published PSPNet (see `list_pretrained()`), converted from its mmsegmentation checkpoint.
+
+    The first call downloads, verifies and converts (keeping the converted model in the cache); later calls
+    load the converted model, offline. The model's metadata holds its class names and colours, the source
+    checkpoint with its published mIoU, and the test protocol of that mIoU, which `pspnet evaluate` and
+    `pspnet predict` use by default.
+
+    Args:
+        name: an mmsegmentation config name, e.g. "pspnet_r50-d8_4xb4-160k_ade20k-512x512".
+        aux_head: keep the auxiliary head (to fine-tune); default: the model with one output.
+        cache_dir: instead of the Keras cache (~/.keras or $KERAS_HOME).
+    """
+    entry = get_entry(name)
+    target = converted_path(name, cache_dir)
+    if not os.path.exists(target):
+        checkpoint = download(name, cache_dir)
+        print(f"converting {entry.file_name} (once; kept as {target})", file=sys.stderr)
+        model = from_mmseg(checkpoint, classes=entry.dataset, **entry.options)
+        set_model_metadata(model, protocol=entry.protocol.to_dict(), source={
+            "name": entry.name, "format": "mmsegmentation", "url": BASE_URL + entry.path,
+            "sha256_prefix": entry.sha256_prefix, "published_miou": entry.miou, "published_miou_ms_flip": entry.miou_ms})
+        partial = target + ".partial.keras"
+        model.save(partial)
+        os.replace(partial, target)  # never a half-written model under the final name
+    model = load_model(target)
+    return model if aux_head else inference_model(model)
+
+
+def pretrained_table(cache_dir: str | None = None) -> str:
+    """The registry as a text table: name, data, backbone, published mIoU, test protocol, cached or not."""
+    rows = [("name", "data", "backbone", "mIoU", "ms+flip", "test protocol", "cached")]
+    for name in list_pretrained():
+        entry = ZOO[name]
+        rows.append((name, entry.dataset, entry.backbone, f"{entry.miou:.2f}",
+                     "-" if entry.miou_ms is None else f"{entry.miou_ms:.2f}", entry.protocol.describe(),
+                     "yes" if os.path.exists(converted_path(name, cache_dir)) else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,126 @@
+"""Reading .pth files without torch: both file layouts, every dtype and view, and refusal of foreign objects."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from keras_pspnet.convert.pth import CheckpointError, _Storage, _Tensor, read_pth
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+
+
+def sample_checkpoint():
+    state = collections.OrderedDict(
+        conv=torch.randn(4, 3, 3, 3), half=torch.randn(5).half(), bf16=torch.randn(6).bfloat16(),
+        count=torch.tensor(7), ints=torch.arange(5, dtype=torch.int32), flags=torch.tensor([True, False]),
+        transposed=torch.arange(12.0).reshape(3, 4).t(), sliced=torch.arange(20.0)[5:11],
+        empty=torch.zeros(0, 3), parameter=torch.nn.Parameter(torch.ones(2)))
+    state["shared"] = state["conv"][1]  # a view sharing its storage with another entry
+    meta = {"CLASSES": ("road", "sky"), "PALETTE": [[128, 64, 128], [70, 130, 180]], "bytes": b"\x00\xff",
+            "numpy": np.arange(3), "scalar": np.float64(2.5), "config": "model = dict(type='EncoderDecoder')"}
+    return {"meta": meta, "state_dict": state}
+
+
+def as_numpy(tensor):
+    return tensor.detach().float().numpy() if tensor.dtype == torch.bfloat16 else tensor.detach().numpy()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_reads_what_torch_saved_with_torch_blocked(tmp_path, legacy):
+    checkpoint = sample_checkpoint()
+    path = str(tmp_path / "model.pth")
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    script = BLOCK_TORCH + (
+        "import numpy as np\n"
+        "from keras_pspnet.convert.pth import read_pth\n"
+        f"checkpoint = read_pth({path!r})\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+        f"np.savez({str(tmp_path / 'arrays.npz')!r}, **{{k: v.astype(np.float64) if v.dtype.name == 'bfloat16' else v "
+        "for k, v in checkpoint['state_dict'].items()})\n"
+        "meta = checkpoint['meta']\n"
+        "print(repr((meta['CLASSES'], meta['PALETTE'], meta['bytes'], meta['numpy'].tolist(), float(meta['scalar']))))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    arrays = np.load(tmp_path / "arrays.npz")
+    assert sorted(arrays.files) == sorted(checkpoint["state_dict"])
+    for key, tensor in checkpoint["state_dict"].items():
+        expected = as_numpy(tensor)
+        assert arrays[key].shape == expected.shape, key
+        np.testing.assert_array_equal(arrays[key].astype(expected.dtype), expected, err_msg=key)
+    assert arrays["half"].dtype == np.float16 and arrays["count"].dtype == np.int64 and arrays["flags"].dtype == bool
+    assert result.stdout.strip() == repr((("road", "sky"), [[128, 64, 128], [70, 130, 180]], b"\x00\xff", [0, 1, 2],
+                                          2.5))
+
+
+class Payload:
+    """Runs a shell command when unpickled: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_foreign_objects_are_refused_by_name_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = str(tmp_path / "evil.pth")
+    torch.save({"state_dict": {"w": torch.ones(1)}, "meta": Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"evil.pth: refusing to unpickle posix.system") as error:
+        read_pth(path)
+    assert "--trust-checkpoint" in str(error.value) and not marker.exists()
+    torch.save({"fraction": __import__("fractions").Fraction(1, 3), "w": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="fractions.Fraction"):
+        read_pth(path)
+    trusted = read_pth(path, trust=True)  # plain pickle for globals outside torch, as torch.load(weights_only=False)
+    assert trusted["fraction"] == __import__("fractions").Fraction(1, 3) and trusted["w"].tolist() == [1.0, 1.0]
+
+
+def test_truncated_corrupt_and_foreign_files(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save({"state_dict": {"w": torch.randn(1000)}}, str(path))
+    content = path.read_bytes()
+    cases = {"truncated_zip.pth": content[: len(content) // 2], "garbage.pth": b"not a checkpoint at all",
+             "empty.pth": b""}
+    torch.save({"state_dict": {"w": torch.randn(1000)}}, str(tmp_path / "legacy.pth"),
+               _use_new_zipfile_serialization=False)
+    cases["truncated_legacy.pth"] = (tmp_path / "legacy.pth").read_bytes()[:-100]
+    with zipfile.ZipFile(tmp_path / "nopickle.pth", "w") as archive:
+        archive.writestr("archive/other.txt", "x")
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    for name in [*cases, "nopickle.pth"]:
+        with pytest.raises(CheckpointError) as error:
+            read_pth(str(tmp_path / name))
+        message = str(error.value)
+        assert message.startswith(str(tmp_path / name) + ": ") and "\n" not in message, message
+    with pytest.raises(FileNotFoundError, match="missing.pth: checkpoint not found"):
+        read_pth(str(tmp_path / "missing.pth"))
+
+
+def test_tensors_never_reach_past_their_storage():
+    storage = _Storage(np.arange(10, dtype=np.float32))
+    np.testing.assert_array_equal(_Tensor(storage, 2, (2, 3), (3, 1)).array("x"), np.arange(2, 8).reshape(2, 3))
+    with pytest.raises(CheckpointError, match="reaches past the end of its storage"):
+        _Tensor(storage, 5, (2, 3), (3, 1)).array("x")
+    with pytest.raises(CheckpointError, match="invalid strides"):
+        _Tensor(storage, 0, (2,), (-1,)).array("x")
+
+
+def test_meta_of_mmengine_checkpoints_reads(tmp_path):
+    # mmsegmentation 1.x (mmengine) keeps numpy values and nested dicts in meta; those are data, not code.
+    path = str(tmp_path / "iter_80000.pth")
+    meta = {"dataset_meta": {"classes": ("a", "b"), "palette": [[1, 2, 3], [4, 5, 6]]}, "seed": np.int64(3),
+            "mmengine_version": "0.10.7", "cfg": "model = dict()"}
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(1)}}, path)
+    read = read_pth(path)
+    assert read["meta"]["dataset_meta"]["classes"] == ("a", "b") and int(read["meta"]["seed"]) == 3
+    assert json.dumps(read["meta"]["dataset_meta"]["palette"]) == "[[1, 2, 3], [4, 5, 6]]"
