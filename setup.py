@@ -8,15 +8,16 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["keras_pspnet", "keras_pspnet.*"]),
-    install_requires=["keras>=3.15,<4", "numpy", "h5py", "tqdm", "pyyaml", "pillow", "tensorflow-datasets", "tensorboard"],
+    install_requires=["keras>=3.15,<4", "numpy", "ml-dtypes", "h5py", "tqdm", "pyyaml", "pillow", "tensorflow-datasets",
+                      "tensorboard"],
     extras_require={
         # Pick one: `tensorflow` for GPUs, `tensorflow-cpu` for CPU-only machines and CI.
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "cpu": ["tensorflow-cpu==2.21.*"],
-        "convert": ["torch>=2.0"],
         "jax": ["jax"],
         "serving": ["ai-edge-litert"],  # + `pip install --no-deps tensorflow-serving-api` (see serving/README.md)
-        "test": ["pytest", "torch>=2.0", "jax", "ai-edge-litert"],
+        # torch only builds the reference PyTorch models the tests compare with; conversion needs no torch.
+        "test": ["pytest", "ruff", "torch>=2.0", "jax", "ai-edge-litert"],
     },
     entry_points={"console_scripts": ["pspnet=keras_pspnet.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Recognition"],

@@ -37,7 +37,8 @@ def write_folder(root: str, count: int = 32) -> None:
     for i in range(count):
         image = rng.integers(0, 255, (512, 683, 3), dtype=np.uint8)
         Image.fromarray(image).save(os.path.join(root, "train", "images", f"{i}.jpg"), quality=90)
-        Image.fromarray(rng.integers(0, 150, (512, 683), dtype=np.uint8)).save(os.path.join(root, "train", "masks", f"{i}.png"))
+        mask = rng.integers(0, 150, (512, 683), dtype=np.uint8)
+        Image.fromarray(mask).save(os.path.join(root, "train", "masks", f"{i}.png"))
 
 
 def measure(name, config_source, batch, steps, pipeline_steps):

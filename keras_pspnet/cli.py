@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         source.set_defaults(run=_convert)
     semseg.add_argument("--bins", help="pyramid bins of the training config (default 1,2,3,6)")
     mmseg.add_argument("--bins", help="pool_scales (default: the stored config's, else 1,2,3,6)")
-    mmseg.add_argument("--output-stride", type=int, help="8 for -d8, 32 for -d32 (default: the stored config's, else 8)")
+    mmseg.add_argument("--output-stride", type=int,
+                       help="8 for -d8, 32 for -d32 (default: the stored config's, else 8)")
     mmseg.add_argument("--dilations", help="per-stage dilations, e.g. 1,1,2,4 for -d32 (default: the stored config's)")
     mmseg.add_argument("--contract-dilation", action=argparse.BooleanOptionalAction,
                        help="halve the first dilation of a stage (default: the stored config's, else on)")
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config (keys: keras_pspnet.config.TrainConfig)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     train.add_argument("--out", help="run directory (default runs/<config name>)")
-    train.add_argument("--resume", action="store_true", help="continue a finished run or change an unfinished one's config")
+    train.add_argument("--resume", action="store_true",
+                       help="continue a finished run or change an unfinished one's config")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="mIoU and per-class IoU of a model on a dataset")
@@ -302,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--warmup-size", default="473x473", help="SavedModel warmup request size HxW, or none")
     export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
     export.add_argument("--input-size", help="TFLite input size HxW")
-    export.add_argument("--calibration", help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
+    export.add_argument("--calibration",
+                        help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
     export.add_argument("--calibration-split", default="train")
     export.add_argument("--calibration-count", type=int, default=64)
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "

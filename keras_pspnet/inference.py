@@ -27,7 +27,8 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
     Inference only: the copy computes what `model(x, training=False)` computes (up to float rounding)
     with one pass less over every feature map, which is what TensorFlow's own graph optimiser does for
-    frozen graphs but not for Keras 3 models, whose BN is not a FusedBatchNorm op.
+    frozen graphs but not for Keras 3 models, whose BN is not a FusedBatchNorm op. An auxiliary head is
+    dropped (`inference_model`).
     """
     model = inference_model(model)
     pairs = _conv_bn_pairs(model)
@@ -57,7 +58,8 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
             kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
         else:  # kernel (kh, kw, in, out)
             kernel = kernel * scale
-        folded.get_layer(conv_name).set_weights([kernel.astype("float32"), ((bias - mean) * scale + beta).astype("float32")])
+        folded_bias = (bias - mean) * scale + beta
+        folded.get_layer(conv_name).set_weights([kernel.astype("float32"), folded_bias.astype("float32")])
     return folded
 
 

@@ -51,7 +51,8 @@ def format_table(results: dict) -> str:
     width = max(12, *(len(n) for n in names))
     lines = [f"{'class':{width}s}   IoU    Acc"]
     for name in names:
-        lines.append(f"{name:{width}s} {pct(results['per_class_iou'][name])}  {pct(results['per_class_accuracy'][name])}")
+        iou, accuracy = results["per_class_iou"][name], results["per_class_accuracy"][name]
+        lines.append(f"{name:{width}s} {pct(iou)}  {pct(accuracy)}")
     lines.append(f"{'mIoU':{width}s} {pct(results['mIoU'])}")
     lines.append(f"{'pixel acc':{width}s} {pct(results['pixel_accuracy'])}")
     lines.append(f"{'mean acc':{width}s} {pct(results['mean_accuracy'])}")

@@ -67,7 +67,8 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     """SGD with momentum and weight decay (or Adam), poly learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.PolynomialDecay(config.learning_rate, config.steps, 0.0, power=config.lr_power)
+    schedule = keras.optimizers.schedules.PolynomialDecay(config.learning_rate, config.steps, 0.0,
+                                                          power=config.lr_power)
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay or None)
     else:
@@ -204,7 +205,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     step_fn = make_train_step(model, optimizer, training_loss(config, info.ignore_label), strategy)
     writer = tf.summary.create_file_writer(out("logs")) if out.chief else tf.summary.create_noop_writer()
-    progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"], verbose=1 if verbose and out.chief else 0)
+    progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"],
+                                   verbose=1 if verbose and out.chief else 0)
     metrics = _read_metrics(out("metrics.json"))
     started = time.perf_counter()
 

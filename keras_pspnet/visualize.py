@@ -20,7 +20,8 @@ def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]], ignore_label: 
 
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image blended with its colour map."""
-    return (np.asarray(image, np.float32) * (1 - alpha) + np.asarray(color, np.float32) * alpha).round().astype(np.uint8)
+    blend = np.asarray(image, np.float32) * (1 - alpha) + np.asarray(color, np.float32) * alpha
+    return blend.round().astype(np.uint8)
 
 
 def label_png(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> Image.Image:

@@ -132,7 +132,11 @@ def get_entry(name: str) -> PretrainedPSPNet:
 
 
 def _cache_dir(cache_dir: str | None) -> str:
-    return os.path.join(os.path.expanduser(cache_dir or keras.config.keras_home()), CACHE_SUBDIR)
+    """Our folder in the cache, created: get_file silently falls back to /tmp for a folder it cannot write."""
+    home = cache_dir or os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")  # as keras.utils.get_file
+    path = os.path.join(os.path.expanduser(home), CACHE_SUBDIR)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def converted_path(name: str, cache_dir: str | None = None) -> str:
@@ -191,7 +195,8 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
         model = from_mmseg(checkpoint, classes=entry.dataset, **entry.options)
         set_model_metadata(model, protocol=entry.protocol.to_dict(), source={
             "name": entry.name, "format": "mmsegmentation", "url": BASE_URL + entry.path,
-            "sha256_prefix": entry.sha256_prefix, "published_miou": entry.miou, "published_miou_ms_flip": entry.miou_ms})
+            "sha256_prefix": entry.sha256_prefix, "published_miou": entry.miou,
+            "published_miou_ms_flip": entry.miou_ms})
         partial = target + ".partial.keras"
         model.save(partial)
         os.replace(partial, target)  # never a half-written model under the final name

@@ -8,8 +8,8 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 pins="tensorflow-cpu==2.21.0"
-case "$extras" in  # the converter and its tests need torch: its CPU build (a bare "torch" pulls GBs of CUDA)
-  *test*|*convert*) pins="$pins torch==2.13.0" ;;
+case "$extras" in  # the tests' PyTorch references need torch: its CPU build (a bare "torch" pulls GBs of CUDA)
+  *test*) pins="$pins torch==2.13.0" ;;
 esac
 python -m pip install -q $pins -e ".[${extras}]"
 # TF Serving protos (warmup requests, gRPC client): their wheel asks for the full tensorflow, so --no-deps.

@@ -98,7 +98,8 @@ def main() -> None:
         if args.protocol == "rest":
             class_map = rest_predict(rest_body(**request), args.server, args.rest_port, args.model_name)[0]
         else:
-            class_map = grpc_predict(grpc_request(**request, model_name=args.model_name), args.server, args.grpc_port)[0]
+            grpc_body = grpc_request(**request, model_name=args.model_name)
+            class_map = grpc_predict(grpc_body, args.server, args.grpc_port)[0]
         out = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + "_label.png")
         Image.fromarray(np.asarray(class_map, np.uint8)).save(out)
         print(f"{path} -> {out} (classes {sorted(np.unique(class_map).tolist())})")

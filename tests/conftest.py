@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras reads KERAS_HOME once, at import: the tests' downloads and conversions stay out of the user's ~/.keras.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-pspnet-tests-")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

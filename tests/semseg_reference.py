@@ -77,7 +77,8 @@ class PSPNet(nn.Module):
         x = self.layer2(self.layer1(self.layer0(x)))
         stage3 = self.layer3(x)
         x = self.layer4(stage3)
-        x = torch.cat([x] + [F.interpolate(m(x), x.shape[2:], mode="bilinear", align_corners=True) for m in self.ppm.features], 1)
+        pooled = [F.interpolate(m(x), x.shape[2:], mode="bilinear", align_corners=True) for m in self.ppm.features]
+        x = torch.cat([x, *pooled], 1)
         logits = F.interpolate(self.cls(x), size, mode="bilinear", align_corners=True)
         aux = F.interpolate(self.aux(stage3), size, mode="bilinear", align_corners=True)
         return logits, aux

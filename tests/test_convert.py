@@ -4,7 +4,6 @@
 import re
 
 import keras
-import numpy as np
 import pytest
 import torch
 
@@ -12,8 +11,14 @@ from keras_pspnet import from_mmseg, from_preset, from_semseg, model_metadata
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.model import uses_align_corners
-from tests.checkpoints import (CONFIG_0X_R18, CONFIG_1X_R18_769, config_text, mmseg_checkpoint, reference_logits,
-                               semseg_checkpoint)
+from tests.checkpoints import (
+    CONFIG_0X_R18,
+    CONFIG_1X_R18_769,
+    config_text,
+    mmseg_checkpoint,
+    reference_logits,
+    semseg_checkpoint,
+)
 from tests.conftest import relative_error
 
 # id: (reference structure, from_mmseg arguments, checkpoint file layout)

@@ -117,6 +117,7 @@ def test_saved_model_stores_each_weight_once(exported, tmp_path):
     # keras-team/keras#23553: ExportArchive.track(model) would store every variable twice.
     model, _, _ = exported
     path = export_saved_model(model, str(tmp_path / "once"), CLASS_SETS["context"], warmup_sizes=[])
-    stored = sum(os.path.getsize(os.path.join(path, "variables", f)) for f in os.listdir(os.path.join(path, "variables")))
+    variables = os.path.join(path, "variables")
+    stored = sum(os.path.getsize(os.path.join(variables, f)) for f in os.listdir(variables))
     weights = sum(w.numpy().nbytes for w in model.weights)
     assert weights <= stored < 1.1 * weights

@@ -62,7 +62,8 @@ def test_scores_skip_absent_classes_and_ignore_label(rng):
     assert "mIoU" in format_table(result) and "   -" in format_table(result)
 
 
-@pytest.mark.parametrize("mode,crop,scales,flip", [("slide", (32, 24), (1.0,), False), ("slide", (64, 64), (1.0,), True),
+@pytest.mark.parametrize("mode,crop,scales,flip", [("slide", (32, 24), (1.0,), False),
+                                                   ("slide", (64, 64), (1.0,), True),
                                                    ("whole", None, (1.0,), True)])
 def test_inference_modes_agree_for_a_pointwise_model(rng, mode, crop, scales, flip):
     model = pointwise_model()

@@ -1,5 +1,6 @@
 """Test protocols equal the references' own test code (tests/protocol_reference.py) on a real small PSPNet."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from tests.protocol_reference import mmseg_predict, semseg_predict
 
 @pytest.fixture(scope="module")
 def model():
+    keras.utils.set_random_seed(0)
     model = build_pspnet(5, "resnet18", base_width=8, head_channels=16, align_corners=True)
     randomize_batchnorm(model)
     return model
@@ -18,6 +20,13 @@ def model():
 
 def net_of(model):
     return lambda images: model.predict_on_batch(images)
+
+
+def assert_same_scores(ours, theirs):
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)  # float32 here, float64 there
+    top2 = np.sort(theirs, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-3  # the argmax of near-ties may go either way in float32
+    np.testing.assert_array_equal(ours.argmax(-1)[clear], theirs.argmax(-1)[clear])
 
 
 def test_sizes_follow_each_reference():
@@ -33,14 +42,16 @@ def test_sizes_follow_each_reference():
     assert TestProtocol().scaled_size(37, 50, 1.25) == (46, 62)  # native: relative to the image
 
 
-@pytest.mark.parametrize("size,scales", [((41, 57), (1.0,)), ((30, 21), MULTI_SCALES[:3])])
-def test_semseg_protocol_equals_the_authors_test_code(model, rng, size, scales):
+# (41, 57) at long side 72: 52x72, windows of 25 at stride 17 (2/3); (30, 21) at 0.5 and 0.75: smaller than the
+# 41x41 window, padded with the mean colour.
+@pytest.mark.parametrize("size,crop,scales", [((41, 57), 25, (1.0,)), ((30, 21), 41, MULTI_SCALES[:3])])
+def test_semseg_protocol_equals_the_authors_test_code(model, rng, size, crop, scales):
     image = rng.uniform(0, 255, (*size, 3)).astype(np.float32)
-    protocol = TestProtocol("semseg", 48, "slide", (33, 33), stride=(20, 20), scales=scales, flip=True)  # 33: a small 8k+1 crop
+    protocol = TestProtocol("semseg", 72, "slide", (crop, crop), scales=scales, flip=True)  # 8k+1 crops as theirs
     ours = predict_scores(model, image, protocol)
-    theirs = semseg_predict(net_of(model), image, 5, 48, (33, 33), scales, model.get_layer("normalize").mean.numpy())
-    np.testing.assert_allclose(ours, theirs, atol=2e-5)
-    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+    mean = model.get_layer("normalize").mean.numpy()
+    theirs = semseg_predict(net_of(model), image, 5, 72, (crop, crop), scales, mean)
+    assert_same_scores(ours, theirs)
 
 
 @pytest.mark.parametrize("crop,flip,scales", [(None, False, (1.0,)), ((25, 33), False, (1.0,)),
@@ -52,8 +63,7 @@ def test_mmseg_protocol_equals_mmsegmentation_test_code(model, rng, crop, flip, 
     ours = predict_scores(model, image, protocol)
     theirs = mmseg_predict(net_of(model), image, 5, (80, 48), scales, flip, crop, (17, 21) if crop else None,
                            align_corners=True)
-    np.testing.assert_allclose(ours, theirs, atol=2e-5)
-    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_same_scores(ours, theirs)
 
 
 def test_protocols_round_trip_and_refuse_nonsense():

@@ -99,7 +99,8 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        args = pspnet("train", "--out", run_dir, *[a for s in TINY + ["steps=3", "checkpoint_every=2"] for a in ("--set", s)])
+        overrides = [a for s in TINY + ["steps=3", "checkpoint_every=2"] for a in ("--set", s)]
+        args = pspnet("train", "--out", run_dir, *overrides)
         processes.append(subprocess.Popen(args, env={**ENV, "TF_CONFIG": json.dumps(tf_config)},
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in processes]
@@ -112,7 +113,8 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
 
 def test_sigkill_then_same_command_resumes(tmp_path):
     run_dir = str(tmp_path / "run")
-    args = pspnet("train", "--out", run_dir, *[a for s in TINY + ["steps=40", "checkpoint_every=5"] for a in ("--set", s)])
+    overrides = [a for s in TINY + ["steps=40", "checkpoint_every=5"] for a in ("--set", s)]
+    args = pspnet("train", "--out", run_dir, *overrides)
     process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-10.index")):
@@ -163,7 +165,8 @@ def test_evaluate_command(tmp_path):
     out = str(tmp_path / "eval.json")
     model = os.path.join(run_dir, "final.keras")
     result = subprocess.run(pspnet("evaluate", "--model", model, "--data", "context", "--json", out, "--mode", "slide",
-                                   "--crop", "48x48", "--flip", "--context-size", "64"), env=ENV, capture_output=True, text=True, timeout=600)
+                                   "--crop", "48x48", "--flip", "--context-size", "64"),
+                            env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.load(open(out))
     assert written["images"] == 100 and "boat" in written["per_class_iou"]

@@ -32,7 +32,8 @@ def _inverted_residual(x, expansion, filters, stride, dilation, norm, block_id, 
         x = norm(name=prefix + "expand_BN")(x)
         x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
     if symmetric_padding:
-        x = conv(x, None, 3, stride=stride, dilation=dilation, use_bias=False, name=prefix + "depthwise", depthwise=True)
+        x = conv(x, None, 3, stride=stride, dilation=dilation, use_bias=False, name=prefix + "depthwise",
+                 depthwise=True)
     else:  # keras.applications pads (0, 1) or (1, 1) before a stride-2 depthwise conv, which is exactly "same"
         x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=dilation, padding="same", use_bias=False,
                                    name=prefix + "depthwise")(x)

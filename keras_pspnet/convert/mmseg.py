@@ -30,7 +30,8 @@ _RULES = (
     (r"backbone\.stem\.([0-9]+)", lambda m: f"stem_{int(m[1]) // 3 + 1}_{'conv' if int(m[1]) % 3 == 0 else 'bn'}"),
     (r"backbone\.conv1", lambda m: "conv1_conv"),
     (r"backbone\.bn1", lambda m: "conv1_bn"),
-    (r"backbone\.layer([0-9]+)\.([0-9]+)\.conv([0-9])", lambda m: f"conv{int(m[1]) + 1}_block{int(m[2]) + 1}_{m[3]}_conv"),
+    (r"backbone\.layer([0-9]+)\.([0-9]+)\.conv([0-9])",
+     lambda m: f"conv{int(m[1]) + 1}_block{int(m[2]) + 1}_{m[3]}_conv"),
     (r"backbone\.layer([0-9]+)\.([0-9]+)\.bn([0-9])", lambda m: f"conv{int(m[1]) + 1}_block{int(m[2]) + 1}_{m[3]}_bn"),
     (r"backbone\.layer([0-9]+)\.([0-9]+)\.downsample\.([01])",
      lambda m: f"conv{int(m[1]) + 1}_block{int(m[2]) + 1}_0_{'conv' if m[3] == '0' else 'bn'}"),
@@ -254,7 +255,8 @@ def from_mmseg(
     if config["backbone"] == "mobilenet_v2":
         options.pop("contract_dilation")
     info = checkpoint_classes(meta, config["num_classes"], path, classes)
-    metadata = {"classes": classes_metadata(info), "source": {"format": "mmsegmentation", "file": os.path.basename(path)}}
+    metadata = {"classes": classes_metadata(info),
+                "source": {"format": "mmsegmentation", "file": os.path.basename(path)}}
     if "protocol" in hints:
         metadata["protocol"] = hints["protocol"].to_dict()
     model = build_pspnet(**config, **options, metadata=metadata, **build_kwargs)

@@ -57,7 +57,8 @@ class _Tensor:
     """A tensor to build once its storage holds data (in the legacy format the data follows the pickle)."""
 
     def __init__(self, storage: _Storage, offset: int, size, stride, dtype=None):
-        self.storage, self.offset, self.size, self.stride, self.dtype = storage, int(offset), tuple(size), tuple(stride), dtype
+        self.storage, self.offset, self.dtype = storage, int(offset), dtype
+        self.size, self.stride = tuple(size), tuple(stride)
 
     def array(self, path: str) -> np.ndarray:
         data = self.storage.data if self.dtype is None else self.storage.data.view(self.dtype)

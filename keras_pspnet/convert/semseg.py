@@ -51,7 +51,8 @@ def infer_config(state: Mapping[str, np.ndarray], path: str = "checkpoint") -> d
     if "cls.4.weight" not in state or "layer0.0.weight" not in state:
         raise ValueError(f"{path}: not an hszhao/semseg PSPNet checkpoint (no cls.4.weight or layer0.0.weight); "
                          "mmsegmentation checkpoints convert with from_mmseg / `pspnet convert mmseg`.")
-    blocks = tuple(len({int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")}) for stage in range(1, 5))
+    blocks = tuple(len({int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")})
+                   for stage in range(1, 5))
     depth = next((d for d, (b, neck) in RESNET_DEPTHS.items() if b == blocks and neck), None)
     if depth is None or "layer0.6.weight" not in state:
         raise ValueError(f"{path}: blocks per stage {list(blocks)} with its stem match no semseg ResNet (50/101/152).")

@@ -19,7 +19,7 @@ CLASS_SETS = {
     "voc": DatasetInfo("voc", VOC_CLASSES, default_colors(len(VOC_CLASSES))),  # the PASCAL VOC colour map
     "pets": TFDS_SOURCES["oxford_iiit_pet"][1],
 }
-CLASSES_FILE = "classes.json"  # written by training beside the run's models
+CLASSES_FILE = "classes.json"  # beside models of keras-pspnet 0.1 (newer models carry their classes)
 
 
 def classes_metadata(info: DatasetInfo) -> list[dict]:
@@ -54,12 +54,3 @@ def resolve_classes(spec: str | None, num_classes: int, model_path: str | None =
     if info.num_classes != num_classes:
         raise ValueError(f"classes {spec!r}: {info.num_classes} classes, the model predicts {num_classes}.")
     return info
-
-
-def write_classes(info: DatasetInfo, path: str) -> None:
-    """Writes names and colours in the classes.json format that folders and `resolve_classes` read."""
-    import json
-
-    with open(path, "w") as f:
-        json.dump({"classes": [{"name": n, "color": list(c)} for n, c in zip(info.class_names, info.colors)]}, f,
-                  indent=1)

@@ -61,7 +61,8 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
     return values
 
 
-def read_classes(root: str, filename: str = "classes.json") -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
+def read_classes(root: str, filename: str = "classes.json",
+                 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
     """(names, colours) from ROOT/classes.json, None when there is none; colours default to the VOC map."""
     path = os.path.join(root, filename)
     if not os.path.isfile(path):
@@ -92,7 +93,8 @@ def folder_source(root: str, split: str, num_classes: int | None = None,
     masks = [os.path.join(masks_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
     classes = read_classes(root)
     if classes and num_classes is not None and num_classes != len(classes[0]):
-        raise ValueError(f"{os.path.join(root, 'classes.json')}: {len(classes[0])} classes, but num_classes={num_classes}")
+        raise ValueError(f"{os.path.join(root, 'classes.json')}: {len(classes[0])} classes, "
+                         f"but num_classes={num_classes}")
     known = len(classes[0]) if classes else num_classes
     if validate or known is None:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

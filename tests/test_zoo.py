@@ -1,0 +1,171 @@
+"""The zoo: download from a mirror on 127.0.0.1, verify, convert once, then offline; every bad download a one-liner."""
+
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from keras_pspnet import model_metadata, zoo
+from keras_pspnet.cli import main
+from keras_pspnet.data.classes import CLASS_SETS
+from tests.checkpoints import reference_logits, serve, zoo_entry
+from tests.conftest import relative_error
+
+NAME = "test_pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A download host folder with one tiny checkpoint, registered in the zoo; a fresh cache folder."""
+    root = tmp_path / "host"
+    reference, entry = zoo_entry(root, NAME, depth=18)
+    monkeypatch.setitem(zoo.ZOO, NAME, entry)
+    return reference, entry, root, str(tmp_path / "cache")
+
+
+def test_downloads_verifies_converts_once_then_works_offline(host, monkeypatch, rng):
+    reference, entry, root, cache = host
+    pixels = rng.uniform(0, 255, (1, 65, 97, 3)).astype("float32")
+    expected = reference_logits(reference, pixels)
+    with serve(root) as url:
+        monkeypatch.setenv(zoo.MIRROR_ENV, url)
+        model = zoo.from_pretrained(NAME, cache_dir=cache)
+    assert relative_error(model.predict(pixels, verbose=0), expected[0]) < 1e-4  # one output: no auxiliary head
+    kept = sorted(os.listdir(os.path.join(cache, "keras_pspnet")))
+    assert kept == ["checkpoints", os.path.basename(zoo.converted_path(NAME, cache))]
+    assert os.listdir(os.path.join(cache, "keras_pspnet", "checkpoints")) == [entry.file_name]
+    metadata = model_metadata(model)
+    assert metadata["protocol"] == entry.protocol.to_dict()
+    assert metadata["source"]["name"] == NAME and metadata["source"]["published_miou"] == 78.55
+    assert metadata["source"]["url"] == zoo.BASE_URL + entry.path  # the original, not the mirror
+    assert [c["name"] for c in metadata["classes"]] == list(CLASS_SETS["cityscapes"].class_names)
+    monkeypatch.setenv(zoo.MIRROR_ENV, "http://127.0.0.1:9/")  # nothing listens there: offline from now on
+    again = zoo.from_pretrained(NAME, aux_head=True, cache_dir=cache)
+    outputs = again.predict(pixels, verbose=0)
+    assert relative_error(outputs["logits"], expected[0]) < 1e-4 and relative_error(outputs["aux"], expected[1]) < 1e-4
+
+
+def test_a_local_folder_serves_as_mirror(host, monkeypatch):
+    _, _, root, cache = host
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(root))  # air-gapped: the files copied to a folder
+    assert zoo.ZOO[NAME].url.startswith("file:///")
+    assert zoo.from_pretrained(NAME, cache_dir=cache).output.shape[-1] == 19
+
+
+def test_hash_mismatch_removes_the_file(host, monkeypatch):
+    _, entry, root, cache = host
+    altered = os.path.join(str(root), entry.path)
+    with open(altered, "r+b") as f:  # one flipped byte in the middle of the file
+        f.seek(os.path.getsize(altered) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 1]))
+    with serve(root) as url:
+        monkeypatch.setenv(zoo.MIRROR_ENV, url)
+        with pytest.raises(ValueError) as error:
+            zoo.from_pretrained(NAME, cache_dir=cache)
+    cached = os.path.join(cache, "keras_pspnet", "checkpoints", entry.file_name)
+    message = str(error.value)
+    assert message.startswith(f"{cached}: SHA-256 ") and f"does not match {entry.sha256_prefix}" in message
+    assert "the file was removed" in message and not os.path.exists(cached)
+    assert not os.path.exists(zoo.converted_path(NAME, cache))
+
+
+def test_truncated_download_is_reported_and_not_kept(host, monkeypatch):
+    _, entry, root, cache = host
+    content = open(os.path.join(str(root), entry.path), "rb").read()
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content[: len(content) // 3])  # then the connection drops
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(zoo.MIRROR_ENV, f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        with pytest.raises(OSError) as error:
+            zoo.from_pretrained(NAME, cache_dir=cache)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(error.value)
+    assert message.startswith(f"{NAME}: downloading http://127.0.0.1:") and "retrieval incomplete" in message
+    assert "\n" not in message and os.listdir(os.path.join(cache, "keras_pspnet", "checkpoints")) == []
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown pretrained PSPNet 'pspnet_r50'; valid names: \[.*"
+                                         r"'pspnet_r50-d8_4xb4-160k_ade20k-512x512'"):
+        zoo.from_pretrained("pspnet_r50")
+
+
+def test_registry_entries_are_consistent(monkeypatch):
+    monkeypatch.delenv(zoo.MIRROR_ENV, raising=False)
+    assert len(zoo.ZOO) == 16
+    for name, entry in zoo.ZOO.items():
+        assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256_prefix) and entry.url == zoo.BASE_URL + entry.path
+        assert entry.dataset in CLASS_SETS and entry.protocol.style == "mmseg"
+        corners = entry.options.get("align_corners", False)
+        assert corners == ("769x769" in name) == (entry.protocol.mode == "slide")  # the 769 models: slide 769/513
+        assert entry.protocol.resize == ((2049, 1025) if corners else (2048, 1024) if entry.dataset == "cityscapes"
+                                         else (2048, 512))
+        assert ("-d32" in name) == (entry.options.get("output_stride") == 32)
+
+
+def test_commands_list_and_get(host, monkeypatch, capsys, tmp_path):
+    _, _, root, cache = host
+    assert main(["pretrained", "list", "--cache-dir", cache]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("pspnet_r101-d8_4xb4-160k_ade20k-512x512"))
+    assert row.split()[1:5] == ["ade20k", "R-101", "V1c", "D8"] and "44.39" in row and "45.35" in row
+    assert "mmseg: keep-ratio resize to 2048x512, whole image" in row and row.rstrip().endswith("no")
+    out = str(tmp_path / "zoo.keras")
+    with serve(root) as url:
+        monkeypatch.setenv(zoo.MIRROR_ENV, url)
+        assert main(["pretrained", "get", NAME, "--out", out, "--cache-dir", cache]) == 0
+    assert f"{NAME} -> {out}: " in capsys.readouterr().out and os.path.exists(out)
+    assert main(["pretrained", "get", NAME, "--out", out, "--cache-dir", cache]) == 2
+    assert "already exists (use --force" in capsys.readouterr().err
+    assert main(["pretrained", "list", "--cache-dir", cache]) == 0
+    assert next(line for line in capsys.readouterr().out.splitlines() if line.startswith(NAME)).endswith("yes")
+    assert main(["pretrained", "get", "nope"]) == 2
+    assert "Unknown pretrained PSPNet 'nope'" in capsys.readouterr().err
+
+
+def test_from_pretrained_needs_no_torch(host, tmp_path, rng):
+    """The user's path without torch: a process where `import torch` fails downloads, converts and predicts."""
+    reference, entry, root, _ = host
+    pixels = rng.uniform(0, 255, (1, 49, 57, 3)).astype("float32")
+    np.save(tmp_path / "pixels.npy", pixels)
+    fields = {"name": entry.name, "dataset": entry.dataset, "backbone": entry.backbone, "path": entry.path,
+              "miou": entry.miou, "miou_ms": entry.miou_ms}
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import json, numpy as np\n"
+        "from keras_pspnet import zoo\n"
+        "from keras_pspnet.protocol import TestProtocol\n"
+        f"fields = json.loads({json.dumps(json.dumps(fields))})\n"
+        f"zoo.ZOO[fields['name']] = zoo.PretrainedPSPNet(**fields, protocol=TestProtocol('mmseg', (96, 64)))\n"
+        "model = zoo.from_pretrained(fields['name'])\n"
+        f"pixels = np.load({str(tmp_path / 'pixels.npy')!r})\n"
+        f"np.save({str(tmp_path / 'logits.npy')!r}, model.predict(pixels, verbose=0))\n"
+        "assert sys.modules['torch'] is None\n")
+    with serve(root) as url:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", zoo.MIRROR_ENV: url,
+               "KERAS_HOME": str(tmp_path / "home")}
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert relative_error(np.load(tmp_path / "logits.npy"), reference_logits(reference, pixels)[0]) < 1e-4
+    assert os.path.exists(os.path.join(tmp_path, "home", "keras_pspnet", "checkpoints", entry.file_name))
