@@ -58,8 +58,8 @@ def _pretrained(args) -> None:
 
     if args.action == "list":
         print(zoo.pretrained_table(args.cache_dir))
-        print(f"\ncache: {os.path.join(os.path.expanduser(args.cache_dir or '~/.keras'), zoo.CACHE_SUBDIR)} "
-              f"(KERAS_HOME moves it); mirror: ${zoo.MIRROR_ENV}")
+        print(f"\ncache: {zoo.cache_folder(args.cache_dir)} ($KERAS_HOME moves it); download host: "
+              f"{os.environ.get(zoo.MIRROR_ENV) or zoo.BASE_URL} (${zoo.MIRROR_ENV} replaces it)")
         return
     if args.out and os.path.exists(args.out) and not args.force:  # before a download
         raise FileExistsError(f"{args.out}: already exists (use --force to replace it).")
@@ -83,10 +83,9 @@ def _protocol(args, predictor):
     with the inference options given on the command line on top."""
     import dataclasses
 
-    from keras_pspnet.protocol import MULTI_SCALES, TestProtocol
+    from keras_pspnet.protocol import MULTI_SCALES, TestProtocol, own_protocol
 
-    own = predictor.metadata.get("protocol")
-    base = TestProtocol.from_dict(own) if own else TestProtocol()
+    base = own_protocol(predictor.metadata)
     if args.protocol == "native":
         base = TestProtocol()
     elif args.protocol in ("mmseg", "semseg") and base.style != args.protocol:

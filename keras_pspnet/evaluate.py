@@ -19,7 +19,8 @@ def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestPr
     """Scores of `model` on every (image, mask) pair of `source`, predicted at the label's resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor (`keras_pspnet.predictors`: a
-    SavedModel or .tflite). `protocol`: how each image is run (default: whole, at its own size).
+    SavedModel or .tflite). `protocol`: how each image is run (default: the model's own, else the whole
+    image at its size; see `keras_pspnet.inference.predict_scores`).
     Returns `keras_pspnet.metrics.scores` plus "confusion" (list of lists, [true, predicted]) and "images".
     """
     predictor = as_predictor(model)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_pspnet.model import inference_model
-from keras_pspnet.protocol import TestProtocol
+from keras_pspnet.protocol import TestProtocol, own_protocol
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -147,12 +147,14 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255), at its resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
-    `protocol`: how to run it (`keras_pspnet.protocol.TestProtocol`; default: the whole image at its size).
-    Scales, flips and windows are averaged as the protocol's reference does; the argmax is the prediction.
+    `protocol`: how to run it (`keras_pspnet.protocol.TestProtocol`); default: the model's own (a pretrained
+    model's: that of its published numbers), else the whole image at its size. Scales, flips and windows are
+    averaged as the protocol's reference does; the argmax is the prediction.
     """
     from keras_pspnet.predictors import as_predictor
 
-    predictor, protocol = as_predictor(model), protocol or TestProtocol()
+    predictor = as_predictor(model)
+    protocol = protocol or own_protocol(predictor.metadata)
     image = np.asarray(image, np.float32)
     height, width = image.shape[:2]
     total, terms = np.zeros((height, width, predictor.num_classes), np.float32), 0

@@ -101,6 +101,12 @@ class TestProtocol:
         return f"{self.style}: {size}, {window}" + "".join(f", {e}" for e in extras)
 
 
+def own_protocol(metadata: dict) -> TestProtocol:
+    """The protocol a model carries in its metadata (a pretrained model: that of its published numbers), else
+    the default: the whole image at its own size."""
+    return TestProtocol.from_dict(metadata["protocol"]) if metadata.get("protocol") else TestProtocol()
+
+
 def mmseg_protocol(scale: Sequence[int], crop: Sequence[int] | None = None,
                    stride: Sequence[int] | None = None) -> TestProtocol:
     """mmsegmentation's test protocol: keep-ratio Resize to `scale`, whole image or slide windows."""

@@ -131,18 +131,16 @@ def get_entry(name: str) -> PretrainedPSPNet:
     return ZOO[name]
 
 
-def _cache_dir(cache_dir: str | None) -> str:
-    """Our folder in the cache, created: get_file silently falls back to /tmp for a folder it cannot write."""
-    home = cache_dir or os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")  # as keras.utils.get_file
-    path = os.path.join(os.path.expanduser(home), CACHE_SUBDIR)
-    os.makedirs(path, exist_ok=True)
-    return path
+def cache_folder(cache_dir: str | None = None) -> str:
+    """Our folder in the cache: under `cache_dir`, else $KERAS_HOME, else ~/.keras (as keras.utils.get_file)."""
+    home = cache_dir or os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    return os.path.join(os.path.expanduser(home), CACHE_SUBDIR)
 
 
 def converted_path(name: str, cache_dir: str | None = None) -> str:
     """Where the converted model of `name` is kept (it exists once `from_pretrained(name)` ran)."""
     entry = get_entry(name)
-    return os.path.join(_cache_dir(cache_dir), f"{entry.name}-{entry.sha256_prefix}-v{CONVERTER_VERSION}.keras")
+    return os.path.join(cache_folder(cache_dir), f"{entry.name}-{entry.sha256_prefix}-v{CONVERTER_VERSION}.keras")
 
 
 def _sha256(path: str) -> str:
@@ -159,8 +157,10 @@ def download(name: str, cache_dir: str | None = None) -> str:
     A file that fails the check is removed (and named in the error): running again downloads it anew.
     """
     entry = get_entry(name)
+    folder = cache_folder(cache_dir)
+    os.makedirs(folder, exist_ok=True)  # get_file silently falls back to /tmp for a folder it cannot write
     try:
-        path = keras.utils.get_file(fname=entry.file_name, origin=entry.url, cache_dir=_cache_dir(cache_dir),
+        path = keras.utils.get_file(fname=entry.file_name, origin=entry.url, cache_dir=folder,
                                     cache_subdir="checkpoints")
     except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -92,3 +92,23 @@ def test_export_command_errors(setup, tmp_path):
     again = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1",
                    "--classes", "context")
     assert again.returncode == 2 and "version 1 already exists" in again.stderr
+
+
+def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_path):
+    """The same evaluation for the .keras model, its SavedModel, its fp32 .tflite and its int8 .tflite."""
+    import json
+
+    from keras_pspnet.cli import main
+
+    model, _, _, saved, tflite, _ = setup
+    calibration = [context_scene(i, 96, seed=1)["image"].numpy() for i in range(16)]
+    int8 = export_tflite(model, str(tmp_path / "int8.tflite"), CLASS_SETS["context"], input_size=(96, 96),
+                         quantize="int8", calibration=calibration)
+    miou = {}
+    for name, path in [("keras", trained_context_model), ("savedmodel", saved), ("fp32", tflite), ("int8", int8)]:
+        report = str(tmp_path / f"scores_{name}.json")  # not int8.json: the .tflite's metadata is called that
+        assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report]) == 0
+        miou[name] = json.load(open(report))["mIoU"]
+    assert miou["savedmodel"] == pytest.approx(miou["keras"], abs=1e-4)
+    assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
+    assert 0 <= miou["keras"] - miou["int8"] < 0.05 and miou["keras"] > 0.5

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from keras_pspnet import model_metadata, zoo
+from keras_pspnet import TestProtocol, model_metadata, predict_scores, zoo
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
 from tests.checkpoints import reference_logits, serve, zoo_entry
@@ -45,6 +45,9 @@ def test_downloads_verifies_converts_once_then_works_offline(host, monkeypatch, 
     assert metadata["source"]["name"] == NAME and metadata["source"]["published_miou"] == 78.55
     assert metadata["source"]["url"] == zoo.BASE_URL + entry.path  # the original, not the mirror
     assert [c["name"] for c in metadata["classes"]] == list(CLASS_SETS["cityscapes"].class_names)
+    image = pixels[0, :48, :80]  # its protocol, keep-ratio resize to 96x64, runs it at 58x96
+    np.testing.assert_array_equal(predict_scores(model, image), predict_scores(model, image, entry.protocol))
+    assert not np.allclose(predict_scores(model, image), predict_scores(model, image, TestProtocol()))
     monkeypatch.setenv(zoo.MIRROR_ENV, "http://127.0.0.1:9/")  # nothing listens there: offline from now on
     again = zoo.from_pretrained(NAME, aux_head=True, cache_dir=cache)
     outputs = again.predict(pixels, verbose=0)
