@@ -11,13 +11,12 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.split(",")) if text else None
 
 
-def _save_new(model, path: str, force: bool) -> None:
-    """Saves a .keras model; an existing file is replaced only with --force."""
+def _check_output(path: str, force: bool) -> None:
+    """Before long work: the output is a .keras file, and an existing one is replaced only with --force."""
     if not path.endswith(".keras"):
         raise ValueError(f"{path}: the output must be a .keras file.")
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path}: already exists (use --force to replace it).")
-    model.save(path)
 
 
 def _describe(model, source: str, out: str) -> str:
@@ -39,8 +38,7 @@ def _describe(model, source: str, out: str) -> str:
 def _convert(args) -> None:
     from keras_pspnet.convert import from_mmseg, from_semseg
 
-    if os.path.exists(args.out) and not args.force:  # before the (long) conversion
-        raise FileExistsError(f"{args.out}: already exists (use --force to replace it).")
+    _check_output(args.out, args.force)
     options = dict(num_classes=args.num_classes, aux_head=False if args.no_aux else None, classes=args.classes,
                    trust_checkpoint=args.trust_checkpoint)
     if args.source == "semseg":
@@ -49,7 +47,7 @@ def _convert(args) -> None:
         model = from_mmseg(args.checkpoint, bins=_ints(args.bins), output_stride=args.output_stride,
                            contract_dilation=args.contract_dilation, align_corners=args.align_corners,
                            dilations=_ints(args.dilations), **options)
-    _save_new(model, args.out, args.force)
+    model.save(args.out)
     print(_describe(model, args.checkpoint, args.out))
 
 
@@ -61,11 +59,11 @@ def _pretrained(args) -> None:
         print(f"\ncache: {zoo.cache_folder(args.cache_dir)} ($KERAS_HOME moves it); download host: "
               f"{os.environ.get(zoo.MIRROR_ENV) or zoo.BASE_URL} (${zoo.MIRROR_ENV} replaces it)")
         return
-    if args.out and os.path.exists(args.out) and not args.force:  # before a download
-        raise FileExistsError(f"{args.out}: already exists (use --force to replace it).")
+    if args.out:
+        _check_output(args.out, args.force)
     model = zoo.from_pretrained(args.name, aux_head=True, cache_dir=args.cache_dir)
     if args.out:
-        _save_new(model, args.out, args.force)
+        model.save(args.out)
     print(_describe(model, args.name, args.out or zoo.converted_path(args.name, args.cache_dir)))
 
 
