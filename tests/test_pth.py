@@ -3,15 +3,17 @@
 import collections
 import json
 import os
+import pickle
 import subprocess
 import sys
+import types
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from keras_pspnet.convert.pth import CheckpointError, _Storage, _Tensor, read_pth
+from keras_pspnet.convert.pth import LEGACY_MAGIC, CheckpointError, _Storage, _Tensor, read_pth
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
@@ -113,14 +115,69 @@ def test_tensors_never_reach_past_their_storage():
         _Tensor(storage, 5, (2, 3), (3, 1)).array("x")
     with pytest.raises(CheckpointError, match="invalid strides"):
         _Tensor(storage, 0, (2,), (-1,)).array("x")
+    with pytest.raises(CheckpointError, match="larger than its storage"):  # a broadcast view: any memory it likes
+        _Tensor(storage, 0, (10**6, 10**6), (0, 0)).array("x")
 
 
-def test_meta_of_mmengine_checkpoints_reads(tmp_path):
-    # mmsegmentation 1.x (mmengine) keeps numpy values and nested dicts in meta; those are data, not code.
+def legacy_file(path, payload: bytes) -> str:
+    """torch's pre-1.6 layout around a hand-made pickle, as an attacker would write it."""
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(payload)
+        pickle.dump([], f, protocol=2)
+    return str(path)
+
+
+def global_(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def text(value: str) -> bytes:
+    return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+
+@pytest.mark.parametrize("payload,message", [
+    # BUILD on an object the reader shares between files: float storages would read as int8 from then on
+    (global_("torch", "FloatStorage") + b"}" + text("dtype") + b"K\x01sb",
+     "refusing to set the state of a _StorageType"),
+    # BUILD on a function: its defaults would change for every later file
+    (global_("_codecs", "encode") + b"N}" + text("__defaults__") + text("utf-16") + b"\x85s\x86b",
+     "refusing to set the state of a function"),
+    # a storage of 10**12 floats in a file of a few bytes
+    (b"(" + text("storage") + global_("torch", "FloatStorage") + text("0") + text("cpu") + b"\x8a\x06"
+     + (10**12).to_bytes(6, "little") + b"NtQ", "storage 0 of 1000000000000 elements is larger than the file"),
+])
+def test_hostile_pickles_are_refused(tmp_path, payload, message):
+    path = legacy_file(tmp_path / "hostile.pth", b"\x80\x02" + payload + b".")
+    with pytest.raises(CheckpointError, match=message):
+        read_pth(path)
+    torch.save({"w": torch.arange(3.0)}, str(tmp_path / "next.pth"), _use_new_zipfile_serialization=False)
+    assert read_pth(str(tmp_path / "next.pth"))["w"].tolist() == [0.0, 1.0, 2.0]  # later files read as ever
+
+
+def test_checkpoints_of_mmengine_runners_read(tmp_path, monkeypatch):
+    """mmsegmentation 1.x checkpoints (mmengine's Runner) keep numpy data, the config and a message hub of
+    HistoryBuffer objects in their meta: data only, read without mmengine, no code run."""
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self):
+            self._log_history, self._count_history, self.max_length = np.array([0.5, 0.25]), np.array([1, 1]), 10
+
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = module.__name__, "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    packages = ("mmengine", "mmengine.logging", module.__name__)
+    for name in packages:  # pickling imports the module by name, parents first
+        monkeypatch.setitem(sys.modules, name, module if name == module.__name__ else types.ModuleType(name))
     path = str(tmp_path / "iter_80000.pth")
     meta = {"dataset_meta": {"classes": ("a", "b"), "palette": [[1, 2, 3], [4, 5, 6]]}, "seed": np.int64(3),
             "mmengine_version": "0.10.7", "cfg": "model = dict()"}
-    torch.save({"meta": meta, "state_dict": {"w": torch.ones(1)}}, path)
+    message_hub = {"log_scalars": {"train/loss": HistoryBuffer()}, "runtime_info": {"iter": 80000}}
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(1)}, "message_hub": message_hub}, path)
+    for name in packages:  # mmengine is not installed where we read
+        monkeypatch.delitem(sys.modules, name)
     read = read_pth(path)
     assert read["meta"]["dataset_meta"]["classes"] == ("a", "b") and int(read["meta"]["seed"]) == 3
     assert json.dumps(read["meta"]["dataset_meta"]["palette"]) == "[[1, 2, 3], [4, 5, 6]]"
+    assert read["message_hub"]["log_scalars"]["train/loss"].max_length == 10

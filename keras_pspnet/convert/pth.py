@@ -4,9 +4,10 @@ A .pth is a pickle whose tensors point at raw storages, either inside a zip arch
 appended after the pickle (the legacy format of torch.save(..., _use_new_zipfile_serialization=False),
 which many 2020 checkpoints use). Unpickling runs whatever callables the file names, so the unpickler
 here resolves only a fixed set of globals: torch's tensor and storage rebuilders (reimplemented on
-numpy, nothing of torch is imported), containers, numpy arrays and scalars. Any other global stops the
-read with its name: as strict as `torch.load(weights_only=True)`. `trust=True` imports other globals
-as plain pickle does, for files whose source you trust.
+numpy, nothing of torch is imported), containers, numpy arrays and scalars; it sets the state (pickle's
+BUILD) of numpy objects only, and every storage and tensor is checked against the file's size. Any other
+global stops the read with its name, as `torch.load(weights_only=True)` does. `trust=True` imports other
+globals as plain pickle does, for files whose source you trust.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class CheckpointError(ValueError):
 class _StorageType:
     """Stands for torch.FloatStorage & co. in persistent ids: only its dtype matters."""
 
+    __slots__ = ("dtype",)
+
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
 
@@ -58,12 +61,14 @@ class _Tensor:
 
     def __init__(self, storage: _Storage, offset: int, size, stride, dtype=None):
         self.storage, self.offset, self.dtype = storage, int(offset), dtype
-        self.size, self.stride = tuple(size), tuple(stride)
+        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
 
     def array(self, path: str) -> np.ndarray:
         data = self.storage.data if self.dtype is None else self.storage.data.view(self.dtype)
         if any(s < 0 for s in self.stride) or len(self.size) != len(self.stride) or self.offset < 0:
             raise CheckpointError(f"{path}: a tensor with invalid strides {self.stride}")
+        if np.prod(self.size, dtype=np.float64) > data.size:  # broadcast views could ask for any amount of memory
+            raise CheckpointError(f"{path}: a tensor of shape {self.size} is larger than its storage")
         if all(self.size):  # the last element must lie inside the storage: no reads past its end
             last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
             if last >= data.size:
@@ -71,6 +76,11 @@ class _Tensor:
         view = np.lib.stride_tricks.as_strided(data[self.offset :], shape=self.size,
                                                strides=tuple(s * data.itemsize for s in self.stride), writeable=False)
         return np.array(view)  # a contiguous copy that owns its memory
+
+
+class _Inert:
+    """Stands for a known data-only object outside tensors (mmengine's HistoryBuffer in a checkpoint's
+    message_hub): it keeps the pickled state and runs nothing."""
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_ignored) -> _Tensor:
@@ -86,9 +96,11 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
-def _latin1(text: str, encoding: str = "latin1") -> bytes:
-    """_codecs.encode as protocol-2 pickles use it for bytes objects; nothing but text encoding."""
-    return text.encode(encoding)
+def _encode(text: str, encoding: str = "latin1") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it for bytes objects: latin-1 text to bytes, nothing else."""
+    if encoding not in ("latin1", "latin-1"):
+        raise CheckpointError(f"bytes encoded as {encoding!r}")
+    return text.encode("latin1")
 
 
 def _numpy_scalar(dtype: np.dtype, data=b""):
@@ -103,7 +115,8 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("_codecs", "encode"): _latin1,
+    ("_codecs", "encode"): _encode,
+    ("mmengine.logging.history_buffer", "HistoryBuffer"): _Inert,
     **{("torch", name): _StorageType(dtype) for name, dtype in {**STORAGE_DTYPES, **TORCH_DTYPES}.items()},
     # numpy arrays and scalars in a checkpoint's meta (mmengine writes some): data, not code.
     **{(module, "ndarray"): np.ndarray for module in _NUMPY_MODULES},
@@ -111,9 +124,12 @@ _ALLOWED = {
     **{(module, "_reconstruct"): np.ndarray.__new__ for module in _NUMPY_MODULES[1:]},
     **{(module, "scalar"): _numpy_scalar for module in _NUMPY_MODULES[1:]},
 }
+_STATEFUL = (np.ndarray, np.dtype, _Inert)  # what BUILD may set the state of: never a shared or foreign object
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be checked one by one
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, path: str, trust: bool, storage=None):
         super().__init__(file)
         self.path, self.trust, self.storage = path, trust, storage
@@ -126,6 +142,13 @@ class _Unpickler(pickle.Unpickler):
         hint = "" if self.trust else " (if you trust the file's source: trust_checkpoint=True, --trust-checkpoint)"
         raise CheckpointError(f"{self.path}: refusing to unpickle {module}.{name}: neither a tensor, an array nor "
                               f"a container{hint}")
+
+    def load_build(self):
+        if not self.trust and not isinstance(self.stack[-2], _STATEFUL):
+            raise CheckpointError(f"{self.path}: refusing to set the state of a {type(self.stack[-2]).__name__}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def persistent_load(self, saved_id):
         if not (isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] in ("storage", b"storage")):
@@ -167,8 +190,12 @@ def _from_zip(archive: zipfile.ZipFile, path: str, trust: bool):
 
     def storage(key: str, dtype: np.dtype, numel: int) -> _Storage:
         if key not in storages:
-            data = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype.newbyteorder(">" if big_endian else "<"),
-                                 numel)
+            info = archive.getinfo(f"{prefix}data/{key}")
+            if info.compress_type != zipfile.ZIP_STORED:  # as torch's reader: storages are stored, not compressed
+                raise CheckpointError(f"{path}: storage {key} is compressed")
+            if not 0 <= numel * dtype.itemsize <= info.file_size:
+                raise CheckpointError(f"{path}: storage {key} holds {info.file_size} bytes, not {numel} elements")
+            data = np.frombuffer(archive.read(info), dtype.newbyteorder(">" if big_endian else "<"), numel)
             storages[key] = _Storage(data.astype(dtype, copy=False))
         return storages[key]
 
@@ -181,17 +208,22 @@ def _from_legacy(file, path: str, trust: bool):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor the legacy format)")
     _Unpickler(file, path, False).load()  # protocol version
     _Unpickler(file, path, False).load()  # sys info: little-endian, as every published checkpoint
+    size = os.path.getsize(path)
     storages: dict[str, _Storage] = {}
 
     def storage(key: str, dtype: np.dtype, numel: int) -> _Storage:
-        return storages.setdefault(key, _Storage(np.zeros(numel, dtype)))  # filled below: data follows the pickle
+        if key not in storages:
+            if not 0 <= numel * dtype.itemsize <= size:  # the data follows in the file: it cannot be larger
+                raise CheckpointError(f"{path}: storage {key} of {numel} elements is larger than the file")
+            storages[key] = _Storage(np.zeros(numel, dtype))  # filled below: the data follows the pickle
+        return storages[key]
 
     result = _Unpickler(file, path, trust, storage).load()
     for key in _Unpickler(file, path, False).load():
         data = storages[str(key)].data
         (numel,) = struct.unpack("<q", file.read(8))
-        raw = file.read(numel * data.itemsize)
-        if numel != data.size or len(raw) != data.nbytes:
+        raw = file.read(numel * data.itemsize) if numel == data.size else b""
+        if len(raw) != data.nbytes:
             raise CheckpointError(f"{path}: truncated or corrupt (storage {key})")
         data[:] = np.frombuffer(raw, data.dtype.newbyteorder("<"), numel)
     return result
@@ -216,6 +248,6 @@ def read_pth(path: str, trust: bool = False) -> Any:
     except CheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError,
-            AttributeError, struct.error) as error:
+            AttributeError, struct.error, MemoryError, RecursionError) as error:
         detail = str(error).splitlines()[0] if str(error) else "truncated or corrupt"
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {detail})") from None
