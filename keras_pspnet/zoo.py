@@ -14,11 +14,12 @@ import hashlib
 import os
 import pathlib
 import sys
+import uuid
 
 import keras
 
 from keras_pspnet.convert.mmseg import from_mmseg
-from keras_pspnet.model import inference_model, load_model, set_model_metadata
+from keras_pspnet.model import inference_model, load_model, model_metadata, set_model_metadata
 from keras_pspnet.protocol import TestProtocol, mmseg_protocol
 
 BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/"
@@ -151,27 +152,38 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _unique(path: str) -> str:
+    """A name beside `path` that no other process uses: downloads and conversions run concurrently (several
+    workers of a machine start one run) and only finished, checked files take the final name."""
+    stem, extension = os.path.splitext(path)
+    return f"{stem}.partial-{uuid.uuid4().hex[:12]}{extension}"
+
+
 def download(name: str, cache_dir: str | None = None) -> str:
     """The checkpoint of `name` in the cache, downloaded if missing and checked against its SHA-256 prefix.
 
     A file that fails the check is removed (and named in the error): running again downloads it anew.
     """
     entry = get_entry(name)
-    folder = cache_folder(cache_dir)
-    os.makedirs(folder, exist_ok=True)  # get_file silently falls back to /tmp for a folder it cannot write
-    try:
-        path = keras.utils.get_file(fname=entry.file_name, origin=entry.url, cache_dir=folder,
-                                    cache_subdir="checkpoints")
-    except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise OSError(f"{name}: downloading {entry.url} failed ({reason}); nothing was kept, run again to retry"
-                      f"{'' if os.environ.get(MIRROR_ENV) else f' or set {MIRROR_ENV} to a mirror'}") from None
+    final = os.path.join(cache_folder(cache_dir), "checkpoints", entry.file_name)
+    path = final
+    if not os.path.exists(final):
+        os.makedirs(os.path.dirname(final), exist_ok=True)  # get_file falls back to /tmp for a folder it cannot write
+        try:
+            path = keras.utils.get_file(fname=os.path.basename(_unique(final)), origin=entry.url,
+                                        cache_dir=os.path.dirname(final), cache_subdir="")
+        except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise OSError(f"{name}: downloading {entry.url} failed ({reason}); nothing was kept, run again to "
+                          f"retry{'' if os.environ.get(MIRROR_ENV) else f' or set {MIRROR_ENV} to a mirror'}") from None
     digest = _sha256(path)
     if not digest.startswith(entry.sha256_prefix):
         os.remove(path)
-        raise ValueError(f"{path}: SHA-256 {digest[:8]}... does not match {entry.sha256_prefix} published for {name} "
-                         "(a truncated or altered download); the file was removed, run again to download it anew")
-    return path
+        raise ValueError(f"{final}: SHA-256 {digest[:8]}... does not match {entry.sha256_prefix} published for "
+                         f"{name} (a truncated or altered download); the file was removed, run again to download it "
+                         "anew")
+    os.replace(path, final)
+    return final
 
 
 def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None = None) -> keras.Model:
@@ -179,8 +191,8 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
 
     The first call downloads, verifies and converts (keeping the converted model in the cache); later calls
     load the converted model, offline. The model's metadata holds its class names and colours, the source
-    checkpoint with its published mIoU, and the test protocol of that mIoU, which `pspnet evaluate` and
-    `pspnet predict` use by default.
+    checkpoint with its published mIoU, and the test protocol of that mIoU, which `predict_scores`,
+    `evaluate`, `pspnet evaluate` and `pspnet predict` use by default.
 
     Args:
         name: an mmsegmentation config name, e.g. "pspnet_r50-d8_4xb4-160k_ade20k-512x512".
@@ -193,13 +205,21 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
         checkpoint = download(name, cache_dir)
         print(f"converting {entry.file_name} (once; kept as {target})", file=sys.stderr)
         model = from_mmseg(checkpoint, classes=entry.dataset, **entry.options)
-        set_model_metadata(model, protocol=entry.protocol.to_dict(), source={
+        stored = model_metadata(model).get("protocol")  # the checkpoint's own config, when it holds one
+        if stored and TestProtocol.from_dict(stored) != entry.protocol:
+            print(f"{name}: the checkpoint's config tests with {TestProtocol.from_dict(stored).describe()}, the "
+                  f"registry says {entry.protocol.describe()}; keeping the checkpoint's", file=sys.stderr)
+        set_model_metadata(model, protocol=stored or entry.protocol.to_dict(), source={
             "name": entry.name, "format": "mmsegmentation", "url": BASE_URL + entry.path,
             "sha256_prefix": entry.sha256_prefix, "published_miou": entry.miou,
             "published_miou_ms_flip": entry.miou_ms})
-        partial = target + ".partial.keras"
-        model.save(partial)
-        os.replace(partial, target)  # never a half-written model under the final name
+        partial = _unique(target)
+        try:
+            model.save(partial)
+            os.replace(partial, target)  # never a half-written model under the final name
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
     model = load_model(target)
     return model if aux_head else inference_model(model)
 

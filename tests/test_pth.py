@@ -1,6 +1,5 @@
 """Reading .pth files without torch: both file layouts, every dtype and view, and refusal of foreign objects."""
 
-import collections
 import json
 import os
 import pickle
@@ -20,7 +19,8 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # `import torch` raises 
 
 
 def sample_checkpoint():
-    state = collections.OrderedDict(
+    state = torch.nn.Linear(2, 3).state_dict()  # an OrderedDict with a `_metadata` attribute, as every state dict
+    state.update(
         conv=torch.randn(4, 3, 3, 3), half=torch.randn(5).half(), bf16=torch.randn(6).bfloat16(),
         count=torch.tensor(7), ints=torch.arange(5, dtype=torch.int32), flags=torch.tensor([True, False]),
         transposed=torch.arange(12.0).reshape(3, 4).t(), sliced=torch.arange(20.0)[5:11],

@@ -14,7 +14,7 @@ import pytest
 from keras_pspnet import TestProtocol, model_metadata, predict_scores, zoo
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
-from tests.checkpoints import reference_logits, serve, zoo_entry
+from tests.checkpoints import CONFIG_0X_R18, config_text, reference_logits, serve, zoo_entry
 from tests.conftest import relative_error
 
 NAME = "test_pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
@@ -52,6 +52,20 @@ def test_downloads_verifies_converts_once_then_works_offline(host, monkeypatch, 
     again = zoo.from_pretrained(NAME, aux_head=True, cache_dir=cache)
     outputs = again.predict(pixels, verbose=0)
     assert relative_error(outputs["logits"], expected[0]) < 1e-4 and relative_error(outputs["aux"], expected[1]) < 1e-4
+
+
+def test_the_checkpoints_own_config_wins_over_the_registry(tmp_path, monkeypatch, capsys):
+    text = config_text(CONFIG_0X_R18)  # stored by mmsegmentation: keep-ratio resize to 2048x1024, whole image
+    _, entry = zoo_entry(tmp_path / "host", NAME, depth=18, meta={"config": text})  # registry: 96x64
+    monkeypatch.setitem(zoo.ZOO, NAME, entry)
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(tmp_path / "host"))
+    model = zoo.from_pretrained(NAME, cache_dir=str(tmp_path / "cache"))
+    assert model_metadata(model)["protocol"]["resize"] == [2048, 1024]
+    assert "the registry says mmseg: keep-ratio resize to 96x64, whole image; keeping the checkpoint's" in \
+        capsys.readouterr().err
+    kept = os.listdir(os.path.join(tmp_path, "cache", "keras_pspnet")) + os.listdir(
+        os.path.join(tmp_path, "cache", "keras_pspnet", "checkpoints"))
+    assert not [name for name in kept if ".partial-" in name]  # only finished, checked files take their names
 
 
 def test_a_local_folder_serves_as_mirror(host, monkeypatch):

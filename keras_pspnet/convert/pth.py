@@ -5,7 +5,8 @@ appended after the pickle (the legacy format of torch.save(..., _use_new_zipfile
 which many 2020 checkpoints use). Unpickling runs whatever callables the file names, so the unpickler
 here resolves only a fixed set of globals: torch's tensor and storage rebuilders (reimplemented on
 numpy, nothing of torch is imported), containers, numpy arrays and scalars; it sets the state (pickle's
-BUILD) of numpy objects only, and every storage and tensor is checked against the file's size. Any other
+BUILD) only of containers and numpy objects it made, and every storage and tensor is checked against the
+file's size. Any other
 global stops the read with its name, as `torch.load(weights_only=True)` does. `trust=True` imports other
 globals as plain pickle does, for files whose source you trust.
 """
@@ -124,7 +125,9 @@ _ALLOWED = {
     **{(module, "_reconstruct"): np.ndarray.__new__ for module in _NUMPY_MODULES[1:]},
     **{(module, "scalar"): _numpy_scalar for module in _NUMPY_MODULES[1:]},
 }
-_STATEFUL = (np.ndarray, np.dtype, _Inert)  # what BUILD may set the state of: never a shared or foreign object
+# What BUILD may set the state of: objects this unpickler made for this file (state dicts carry a `_metadata`
+# attribute), never a shared or foreign one.
+_STATEFUL = (collections.OrderedDict, np.ndarray, np.dtype, _Inert)
 
 
 class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be checked one by one
