@@ -81,16 +81,25 @@ def _protocol(args, predictor):
     with the inference options given on the command line on top."""
     import dataclasses
 
-    from keras_pspnet.protocol import MULTI_SCALES, TestProtocol, own_protocol
+    from keras_pspnet.protocol import MULTI_SCALES, TestProtocol, own_protocol, reference_protocol
 
     base = own_protocol(predictor.metadata)
     if args.protocol == "native":
         base = TestProtocol()
     elif args.protocol in ("mmseg", "semseg") and base.style != args.protocol:
-        base = TestProtocol(style=args.protocol)
+        # the reference's protocol for the model's dataset (told by its class count), else what the options say
+        base = reference_protocol(args.protocol, predictor.num_classes)
+        if base is None and not (args.resize and (args.crop or args.protocol == "mmseg")):
+            raise ValueError(f"--protocol {args.protocol}: a model of {predictor.num_classes} classes is none of the "
+                             "reference datasets (ADE20K, Cityscapes, VOC); give --resize"
+                             + (" and --crop" if args.protocol == "semseg" else ""))
+        base = base or TestProtocol(style=args.protocol, mode="slide" if args.protocol == "semseg" else "whole",
+                                    crop=_size(args.crop) if args.crop else None, flip=args.protocol == "semseg")
     changes = {}
     if args.resize:
         sizes = _ints(args.resize.lower().replace("x", ",")) if args.resize != "none" else None
+        if sizes is not None and len(sizes) not in (1, 2):
+            raise ValueError(f"--resize {args.resize}: expected LONGxSHORT (mmseg), a long side (semseg) or none")
         changes["resize"] = sizes if sizes is None or len(sizes) == 2 else sizes[0]
     if args.mode:
         changes["mode"] = args.mode
@@ -105,6 +114,22 @@ def _protocol(args, predictor):
     if changes.get("mode", base.mode) == "slide" and not changes.get("crop", base.crop):
         changes["crop"] = predictor.input_size  # a .tflite: windows of its input size
     return dataclasses.replace(base, **changes)
+
+
+def _published(metadata: dict, protocol) -> str | None:
+    """The published mIoU measured with `protocol` (single scale, or multi-scale + flip), when the model has one."""
+    import dataclasses
+
+    from keras_pspnet.protocol import MULTI_SCALES, own_protocol
+
+    source, own = metadata.get("source", {}), own_protocol(metadata)
+    if source.get("published_miou") is None:
+        return None
+    if protocol == own:
+        return f"published mIoU {source['published_miou']:.2f} ({source.get('name')}, single scale)"
+    if protocol == dataclasses.replace(own, scales=MULTI_SCALES, flip=True) and source.get("published_miou_ms_flip"):
+        return f"published mIoU {source['published_miou_ms_flip']:.2f} ({source.get('name')}, multi-scale + flip)"
+    return f"published mIoU {source['published_miou']:.2f} was measured with {own.describe()}, not this protocol"
 
 
 def _evaluate(args) -> None:
@@ -124,10 +149,9 @@ def _evaluate(args) -> None:
     print(f"test protocol: {protocol.describe()}")
     results = evaluate(predictor, source, info, protocol)
     print(format_table(results))
-    published = predictor.metadata.get("source", {}).get("published_miou")
-    if published is not None and results["mIoU"] is not None:
-        print(f"published mIoU {published:.2f} ({predictor.metadata['source'].get('name', 'source')}); "
-              f"here {100 * results['mIoU']:.2f} on {results['images']} images")
+    published = _published(predictor.metadata, protocol)
+    if published and results["mIoU"] is not None:
+        print(f"{published}; here {100 * results['mIoU']:.2f} on {results['images']} images")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "data": args.data, "split": args.split, "protocol": protocol.to_dict(),

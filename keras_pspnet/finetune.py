@@ -6,6 +6,7 @@ import os
 
 import keras
 
+from keras_pspnet.layers import ClassLogits
 from keras_pspnet.model import inference_model, load_model
 
 CLASSIFIERS = ("classifier", "aux_classifier")
@@ -27,7 +28,8 @@ def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batch
     """`model`'s architecture with fresh weights and classifiers for `num_classes` classes.
 
     Batch norms are synchronised across replicas or not as asked; the layers take the current dtype policy
-    (mixed precision), and the output layer gets `metadata` (the new classes).
+    (mixed precision), and the output layer is a `ClassLogits` with `metadata` (the new classes), also for
+    models saved by keras-pspnet 0.1, whose output was a float32 Activation.
     """
     if aux_head and not isinstance(model.output, dict):
         raise ValueError(f"{model.name}: has no auxiliary head to fine-tune; set aux_weight: 0, or give `model:`.")
@@ -42,7 +44,7 @@ def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batch
         if isinstance(layer, keras.layers.BatchNormalization):
             config["synchronized"] = sync_batchnorm
         if layer.name == "logits":
-            config["metadata"] = dict(metadata or {})
+            return ClassLogits(metadata, name="logits")
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone)

@@ -119,9 +119,23 @@ def semseg_protocol(base_size: int, crop: Sequence[int]) -> TestProtocol:
     return TestProtocol("semseg", int(base_size), "slide", tuple(crop), flip=True)
 
 
+# The datasets of published PSPNets, told apart by their class counts.
+REFERENCE_DATASETS = {150: "ade20k", 19: "cityscapes", 21: "voc"}
 # The authors' protocols per dataset (config/*/..._pspnet50.yaml: base_size, test_h, test_w).
 SEMSEG_PROTOCOLS = {
     "ade20k": semseg_protocol(512, (473, 473)),
     "voc": semseg_protocol(512, (473, 473)),
     "cityscapes": semseg_protocol(2048, (713, 713)),
 }
+# mmsegmentation's (configs/_base_/datasets/*.py test pipelines; whole-image test_cfg).
+MMSEG_PROTOCOLS = {
+    "ade20k": mmseg_protocol((2048, 512)),
+    "voc": mmseg_protocol((2048, 512)),
+    "cityscapes": mmseg_protocol((2048, 1024)),
+}
+
+
+def reference_protocol(style: str, num_classes: int) -> TestProtocol | None:
+    """The reference's protocol for the dataset with `num_classes` classes (ADE20K, Cityscapes, VOC), or None."""
+    table = SEMSEG_PROTOCOLS if style == "semseg" else MMSEG_PROTOCOLS
+    return table.get(REFERENCE_DATASETS.get(num_classes))

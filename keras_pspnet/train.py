@@ -254,9 +254,10 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
 def _initialize(model: keras.Model, init: keras.Model, name: str, verbose: bool) -> None:
     """init_from: copies every weight whose layer name and shapes match; says what was loaded and skipped."""
     loaded, skipped = transfer_weights(init, model)
-    if not loaded:
-        raise ValueError(f"init_from {name}: no layer of the model matches its layers (names and shapes); leave "
-                         "`model` unset to fine-tune its own architecture.")
+    if len(loaded) < len(skipped):  # a backbone that does not match: the run would start from random weights
+        raise ValueError(f"init_from {name}: only {len(loaded)} of {len(loaded) + len(skipped)} layers with weights "
+                         "match its layers (names and shapes): `model` describes another architecture; leave `model` "
+                         "unset to fine-tune its own.")
     if verbose:
         print(f"init_from {name}: loaded {len(loaded)} of {len(loaded) + len(skipped)} layers with weights"
               + (f"; re-initialised: {', '.join(skipped)}" if skipped else ""))

@@ -20,7 +20,7 @@ import keras
 
 from keras_pspnet.convert.mmseg import from_mmseg
 from keras_pspnet.model import inference_model, load_model, model_metadata, set_model_metadata
-from keras_pspnet.protocol import TestProtocol, mmseg_protocol
+from keras_pspnet.protocol import MMSEG_PROTOCOLS, TestProtocol, mmseg_protocol
 
 BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/"
 MIRROR_ENV = "KERAS_PSPNET_MIRROR"
@@ -28,9 +28,8 @@ CACHE_SUBDIR = "keras_pspnet"
 CONVERTER_VERSION = 1  # in converted file names: a converter that changes its output converts anew
 
 # mmsegmentation's test protocols of the published numbers (configs/_base_/datasets/*.py, test_cfg).
-CITYSCAPES = mmseg_protocol((2048, 1024))
+CITYSCAPES, ADE20K_VOC = MMSEG_PROTOCOLS["cityscapes"], MMSEG_PROTOCOLS["ade20k"]
 CITYSCAPES_769 = mmseg_protocol((2049, 1025), crop=(769, 769), stride=(513, 513))
-ADE20K_VOC = mmseg_protocol((2048, 512))
 D32 = {"output_stride": 32, "dilations": (1, 1, 2, 4)}  # "-d32" configs keep their dilations
 
 

@@ -167,6 +167,19 @@ def test_another_architecture_is_refused(tmp_path):
         from_mmseg(mmseg, num_classes=19)
     with pytest.raises(ValueError, match="4 pyramid branches but bins=\\(1, 2\\) has 2"):
         from_mmseg(mmseg, bins=(1, 2))
+    rename = lambda old, new: lambda s: s.update({k.replace(old, new): s.pop(k) for k in list(s) if old in k})
+    aspp = corrupt(mmseg, tmp_path, rename("psp_modules", "aspp_modules"))  # DeepLabV3's head keys
+    with pytest.raises(ValueError, match="not a PSPNet: its decode head has aspp_modules, bottleneck, conv_seg"):
+        from_mmseg(aspp)
+    psanet = str(tmp_path / "psanet.pth")
+    state = {k.replace("ppm.features", "psa.features"): v for k, v in torch.load(semseg)["state_dict"].items()}
+    torch.save({"state_dict": state}, psanet)
+    with pytest.raises(ValueError, match="not a PSPNet: its modules are aux, cls, layer0, .* psa"):
+        from_semseg(psanet)
+    no_aux_conv = corrupt(mmseg, tmp_path, lambda s: [s.pop(k) for k in list(s) if "auxiliary_head.convs" in k])
+    with pytest.raises(ValueError, match="its auxiliary head is not the one-conv FCN head .*--no-aux"):
+        from_mmseg(no_aux_conv)
+    assert not isinstance(from_mmseg(no_aux_conv, aux_head=False).output, dict)
 
 
 def test_command_line_conversion(tmp_path, rng, capsys):

@@ -45,6 +45,16 @@ def test_retarget_follows_the_runs_precision_and_replicas(source):
         retarget(keras.Model(source.input, source.output["logits"]), 4, aux_head=True)
 
 
+def test_models_of_keras_pspnet_0_1_retarget(source):
+    # Their output layer was Activation("linear", dtype="float32", name="logits"), without metadata.
+    old = keras.models.clone_model(
+        source, clone_function=lambda layer: keras.layers.Activation("linear", dtype="float32", name="logits")
+        if layer.name == "logits" else layer.__class__.from_config(layer.get_config()))
+    assert isinstance(old.get_layer("logits"), keras.layers.Activation) and model_metadata(old) == {}
+    target = retarget(old, 3, aux_head=True, metadata={"classes": [{"name": "x", "color": [0, 0, 0]}] * 3})
+    assert model_metadata(target)["classes"][0]["name"] == "x" and target.output["logits"].shape[-1] == 3
+
+
 def test_training_from_a_pretrained_name(tmp_path, monkeypatch, capsys):
     _, entry = zoo_entry(tmp_path / "host", "test_pspnet_r18_finetune", depth=18)
     monkeypatch.setitem(zoo.ZOO, entry.name, entry)
@@ -68,7 +78,7 @@ def test_init_from_another_architecture_is_refused(tmp_path, source):
     config = load_config(None, [f"init_from={path}", "dataset=context", "context_size=64", "context_scenes=4",
                                 "crop_size=[64, 64]", "batch_size=2", "steps=1", "val_split=null",
                                 "model={backbone: mobilenet_v2, alpha: 0.35, head_channels: 8}"])
-    with pytest.raises(ValueError, match=f"init_from {path}: no layer of the model matches"):
+    with pytest.raises(ValueError, match=f"init_from {path}: only 0 of .* layers with weights match its layers"):
         train(config, str(tmp_path / "run"), verbose=False)
     with pytest.raises(ValueError, match="neither a .keras file nor a pretrained name"):
         train(load_config(None, ["init_from=pspnet_nope", "steps=1"]), str(tmp_path / "run2"), verbose=False)

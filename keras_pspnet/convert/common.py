@@ -11,11 +11,10 @@ import numpy as np
 from keras_pspnet.convert.pth import read_pth
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.data.info import DatasetInfo, default_colors
+from keras_pspnet.protocol import REFERENCE_DATASETS
 
 # Keras weight order per layer kind, as PyTorch parameter names.
 _PARAM_ORDER = {"conv": ("weight", "bias"), "bn": ("weight", "bias", "running_mean", "running_var")}
-# The datasets of published PSPNets, told apart by their class counts.
-REFERENCE_DATASETS = {150: "ade20k", 19: "cityscapes", 21: "voc"}
 
 
 def read_checkpoint(path: str, trust: bool = False) -> tuple[dict[str, np.ndarray], dict]:
@@ -76,6 +75,10 @@ def check_heads(config: dict, state: dict, *, num_classes: int | None, bins, aux
     config["aux_head"] = has_aux if aux_head is None else aux_head
     if config["aux_head"] and not has_aux:
         raise ValueError(f"{path}: the checkpoint has no auxiliary head.")
+    if config["aux_head"] and "aux_channels" not in config:
+        found = sorted({".".join(k.split(".")[:3]) for k in state if k.startswith(aux_prefix)})
+        raise ValueError(f"{path}: its auxiliary head is not the one-conv FCN head we build ({', '.join(found[:6])}); "
+                         "convert without it (aux_head=False, --no-aux).")
     if not config["aux_head"]:
         state = {k: v for k, v in state.items() if not k.startswith(aux_prefix)}
         config.pop("aux_channels", None)

@@ -79,11 +79,19 @@ def infer_config(state: Mapping[str, np.ndarray], path: str = "checkpoint") -> d
     """Reads backbone, depth or width, stem, head widths, class count and heads off the keys and shapes."""
     if "decode_head.conv_seg.weight" not in state:
         raise ValueError(f"{path}: not an mmsegmentation decode-head checkpoint (no decode_head.conv_seg.weight).")
+    head = sorted({key.split(".")[1] for key in state if key.startswith("decode_head.")})
+    if "psp_modules" not in head:
+        raise ValueError(f"{path}: not a PSPNet: its decode head has {', '.join(head)} (a PSPHead has psp_modules).")
+    try:
+        return _infer_config(state, path)
+    except KeyError as error:
+        raise ValueError(f"{path}: not an mmsegmentation PSPNet layout we know (no {error.args[0]}).") from None
+
+
+def _infer_config(state: Mapping[str, np.ndarray], path: str) -> dict:
     if "backbone.layer1.0.conv.0.conv.weight" in state:  # InvertedResidual blocks
-        final = state.get("backbone.layer7.0.conv.2.conv.weight")
-        if final is None:
-            raise ValueError(f"{path}: a MobileNetV2 without its 7th stage (backbone.layer7.0.conv.2.conv.weight).")
-        config = {"backbone": "mobilenet_v2", "style": "pytorch", "alpha": final.shape[0] / 320}
+        config = {"backbone": "mobilenet_v2", "style": "pytorch",
+                  "alpha": state["backbone.layer7.0.conv.2.conv.weight"].shape[0] / 320}
     else:
         blocks = []
         for stage in range(1, 5):
@@ -95,21 +103,16 @@ def infer_config(state: Mapping[str, np.ndarray], path: str = "checkpoint") -> d
             raise ValueError(f"{path}: blocks per stage {blocks} (bottleneck={bottleneck}) match no ResNet depth.")
         if "backbone.stem.0.weight" in state:
             stem, stem_widths = "deep", tuple(state[f"backbone.stem.{i}.weight"].shape[0] for i in (0, 3, 6))
-        elif "backbone.conv1.weight" in state:
-            stem, stem_widths = "standard", (state["backbone.conv1.weight"].shape[0],)
         else:
-            raise ValueError(f"{path}: a backbone without a stem (backbone.stem.* or backbone.conv1.*).")
+            stem, stem_widths = "standard", (state["backbone.conv1.weight"].shape[0],)
         config = {"backbone": f"resnet{depth}", "style": "pytorch", "stem": stem, "stem_widths": stem_widths,
                   "base_width": state["backbone.layer1.0.conv1.weight"].shape[0]}
-    if "decode_head.bottleneck.conv.weight" not in state:
-        raise ValueError(f"{path}: not a PSPHead (no decode_head.bottleneck.conv.weight).")
     branches = sorted({int(k.split(".")[2]) for k in state if k.startswith("decode_head.psp_modules.")})
     config.update(num_classes=state["decode_head.conv_seg.weight"].shape[0],
                   head_channels=state["decode_head.bottleneck.conv.weight"].shape[0],
-                  num_pool_branches=len(branches), aux_head="auxiliary_head.conv_seg.weight" in state)
-    if branches:
-        config["pool_channels"] = state["decode_head.psp_modules.0.1.conv.weight"].shape[0]
-    if config["aux_head"]:
+                  pool_channels=state["decode_head.psp_modules.0.1.conv.weight"].shape[0],
+                  num_pool_branches=len(branches), aux_head=any(k.startswith("auxiliary_head.") for k in state))
+    if config["aux_head"] and {"auxiliary_head.convs.0.conv.weight", "auxiliary_head.conv_seg.weight"} <= set(state):
         config["aux_channels"] = state["auxiliary_head.convs.0.conv.weight"].shape[0]
     return config
 

@@ -16,16 +16,10 @@ import keras
 import numpy as np
 
 from keras_pspnet.backbones.resnet import RESNET_DEPTHS
-from keras_pspnet.convert.common import (
-    REFERENCE_DATASETS,
-    assign_weights,
-    check_heads,
-    checkpoint_classes,
-    read_checkpoint,
-)
+from keras_pspnet.convert.common import assign_weights, check_heads, checkpoint_classes, read_checkpoint
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.model import DEFAULT_BINS, build_pspnet
-from keras_pspnet.protocol import SEMSEG_PROTOCOLS
+from keras_pspnet.protocol import REFERENCE_DATASETS, SEMSEG_PROTOCOLS
 
 _STEM = {"0": "stem_1_conv", "1": "stem_1_bn", "3": "stem_2_conv", "4": "stem_2_bn", "6": "stem_3_conv",
          "7": "stem_3_bn"}
@@ -57,19 +51,26 @@ def infer_config(state: Mapping[str, np.ndarray], path: str = "checkpoint") -> d
     if "cls.4.weight" not in state or "layer0.0.weight" not in state:
         raise ValueError(f"{path}: not an hszhao/semseg PSPNet checkpoint (no cls.4.weight or layer0.0.weight); "
                          "mmsegmentation checkpoints convert with from_mmseg / `pspnet convert mmseg`.")
+    if not any(k.startswith("ppm.features.") for k in state):
+        modules = sorted({k.split(".")[0] for k in state})
+        raise ValueError(f"{path}: not a PSPNet: its modules are {', '.join(modules)} (a PSPNet has ppm.features; "
+                         "PSANet checkpoints have psa).")
     blocks = tuple(len({int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")})
                    for stage in range(1, 5))
     depth = next((d for d, (b, neck) in RESNET_DEPTHS.items() if b == blocks and neck), None)
     if depth is None or "layer0.6.weight" not in state:
         raise ValueError(f"{path}: blocks per stage {list(blocks)} with its stem match no semseg ResNet (50/101/152).")
-    branches = len({k.split(".")[2] for k in state if k.startswith("ppm.features.")})
-    config = {"backbone": f"resnet{depth}", "num_classes": state["cls.4.weight"].shape[0],
-              "stem_widths": tuple(state[f"layer0.{i}.weight"].shape[0] for i in (0, 3, 6)),
-              "base_width": state["layer1.0.conv1.weight"].shape[0], "head_channels": state["cls.0.weight"].shape[0],
-              "num_pool_branches": branches, "aux_head": "aux.4.weight" in state}
-    if branches:
-        config["pool_channels"] = state["ppm.features.0.1.weight"].shape[0]
-    if config["aux_head"]:
+    try:
+        config = {"backbone": f"resnet{depth}", "num_classes": state["cls.4.weight"].shape[0],
+                  "stem_widths": tuple(state[f"layer0.{i}.weight"].shape[0] for i in (0, 3, 6)),
+                  "base_width": state["layer1.0.conv1.weight"].shape[0],
+                  "head_channels": state["cls.0.weight"].shape[0],
+                  "num_pool_branches": len({k.split(".")[2] for k in state if k.startswith("ppm.features.")}),
+                  "pool_channels": state["ppm.features.0.1.weight"].shape[0],
+                  "aux_head": any(k.startswith("aux.") for k in state)}
+    except KeyError as error:
+        raise ValueError(f"{path}: not an hszhao/semseg PSPNet layout we know (no {error.args[0]}).") from None
+    if config["aux_head"] and {"aux.0.weight", "aux.4.weight"} <= set(state):
         config["aux_channels"] = state["aux.0.weight"].shape[0]
     return config
 
