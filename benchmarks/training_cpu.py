@@ -47,13 +47,13 @@ def measure(name, config_source, batch, steps, pipeline_steps):
 
     from keras_pspnet.config import load_config
     from keras_pspnet.data import load_source, train_pipeline
-    from keras_pspnet.inference import model_mean
+    from keras_pspnet.model import model_mean
     from keras_pspnet.train import build_model, make_optimizer, make_train_step, training_loss
 
     config = load_config(*config_source)
     source, info = load_source(config.dataset, "train", num_classes=config.num_classes,
                                context_scenes=config.context_scenes, context_size=config.context_size)
-    model = build_model(config, info.num_classes, sync_batchnorm=False)
+    model = build_model(config, info, sync_batchnorm=False)
     optimizer = make_optimizer(config)
     mean = model_mean(model).tolist()
     pipeline = train_pipeline(source, info.name, config.crop_size, batch, info.augment, mean, cache=config.cache)

@@ -86,7 +86,7 @@ def _protocol(args, predictor):
     base = own_protocol(predictor.metadata)
     if args.protocol == "native":
         base = TestProtocol()
-    elif args.protocol in ("mmseg", "semseg") and base.style != args.protocol:
+    elif args.protocol in ("mmseg", "semseg") and (base.style != args.protocol or base.resize is None):
         # the reference's protocol for the model's dataset (told by its class count), else what the options say
         base = reference_protocol(args.protocol, predictor.num_classes)
         if base is None and not (args.resize and (args.crop or args.protocol == "mmseg")):
@@ -142,6 +142,9 @@ def _evaluate(args) -> None:
 
     if args.json and os.path.exists(args.json) and not args.force:
         raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
+    if args.json and os.path.abspath(args.json) in {os.path.abspath(args.model),
+                                                    os.path.abspath(os.path.splitext(args.model)[0] + ".json")}:
+        raise ValueError(f"{args.json}: is the model's own file (a .tflite's metadata); choose another --json")
     predictor = load_predictor(args.model)
     protocol = _protocol(args, predictor)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
@@ -192,8 +195,10 @@ def _export(args) -> None:
         raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
     if not args.out.endswith(".tflite"):
         raise ValueError(f"{args.out}: the output of --format tflite must be a .tflite file")
-    if args.force and os.path.exists(args.out):
-        os.remove(args.out)
+    if args.force:  # the model and the metadata JSON beside it
+        for existing in (args.out, os.path.splitext(args.out)[0] + ".json"):
+            if os.path.exists(existing):
+                os.remove(existing)
     calibration = None
     if args.quantize == "int8" and args.calibration:
         calibration = _calibration_images(args.calibration, args.calibration_split, args.calibration_count)

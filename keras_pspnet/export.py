@@ -13,8 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.inference import model_mean
-from keras_pspnet.model import inference_model, model_metadata, uses_align_corners
+from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 from keras_pspnet.predictors import METADATA_FILE
 
 QUANTIZATIONS = ("none", "fp16", "int8")
@@ -151,8 +150,9 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
-    if os.path.exists(path):
-        raise FileExistsError(f"{path}: already exists (use --force to replace it).")
+    for existing in (path, os.path.splitext(path)[0] + ".json"):
+        if os.path.exists(existing):
+            raise FileExistsError(f"{existing}: already exists (use --force to replace it).")
     height, width = input_size
     archive = _archive()
 

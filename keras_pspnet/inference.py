@@ -63,16 +63,6 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     return folded
 
 
-def model_mean(model) -> np.ndarray:
-    """The RGB mean a PSPNet subtracts from its input pixels (a predictor's `mean`; mid-grey otherwise)."""
-    if not isinstance(model, keras.Model):
-        return np.asarray(model.mean, np.float32)
-    try:
-        return np.asarray(model.get_layer("normalize").mean, np.float32).reshape(3)
-    except ValueError:
-        return np.full(3, 127.5, np.float32)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers
 
 from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_weights
@@ -185,6 +186,16 @@ def set_model_metadata(model: keras.Model, **fields) -> None:
     if not isinstance(layer, ClassLogits):
         raise ValueError(f"{model.name}: saved by an older keras-pspnet without metadata; rebuild or convert it again.")
     layer.metadata = {**layer.metadata, **fields}
+
+
+def model_mean(model) -> np.ndarray:
+    """The RGB mean a PSPNet subtracts from its input pixels (a predictor's `mean`; mid-grey otherwise)."""
+    if not isinstance(model, keras.Model):
+        return np.asarray(model.mean, np.float32)
+    try:
+        return np.asarray(model.get_layer("normalize").mean, np.float32).reshape(3)
+    except ValueError:
+        return np.full(3, 127.5, np.float32)
 
 
 def uses_align_corners(model: keras.Model) -> bool:

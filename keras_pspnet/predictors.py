@@ -13,8 +13,7 @@ import os
 import keras
 import numpy as np
 
-from keras_pspnet.inference import model_mean
-from keras_pspnet.model import inference_model, model_metadata, uses_align_corners
+from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 

@@ -22,9 +22,8 @@ from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
-from keras_pspnet.inference import model_mean
 from keras_pspnet.losses import SegmentationCrossEntropy
-from keras_pspnet.model import build_pspnet, inference_model
+from keras_pspnet.model import build_pspnet, inference_model, model_mean
 from keras_pspnet.presets import from_preset
 from keras_pspnet.protocol import TestProtocol
 

@@ -18,6 +18,7 @@ import uuid
 
 import keras
 
+from keras_pspnet import __version__
 from keras_pspnet.convert.mmseg import from_mmseg
 from keras_pspnet.model import inference_model, load_model, model_metadata, set_model_metadata
 from keras_pspnet.protocol import MMSEG_PROTOCOLS, TestProtocol, mmseg_protocol
@@ -25,7 +26,7 @@ from keras_pspnet.protocol import MMSEG_PROTOCOLS, TestProtocol, mmseg_protocol
 BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/"
 MIRROR_ENV = "KERAS_PSPNET_MIRROR"
 CACHE_SUBDIR = "keras_pspnet"
-CONVERTER_VERSION = 1  # in converted file names: a converter that changes its output converts anew
+CONVERTER_VERSION = __version__  # in converted file names: each release converts anew (about 10 s for R101)
 
 # mmsegmentation's test protocols of the published numbers (configs/_base_/datasets/*.py, test_cfg).
 CITYSCAPES, ADE20K_VOC = MMSEG_PROTOCOLS["cityscapes"], MMSEG_PROTOCOLS["ade20k"]

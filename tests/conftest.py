@@ -1,9 +1,12 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keras reads KERAS_HOME once, at import: the tests' downloads and conversions stay out of the user's ~/.keras.
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras-pspnet-tests-")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -40,6 +43,7 @@ def trained_context_model(tmp_path_factory):
     from keras_pspnet.train import train
 
     run_dir = str(tmp_path_factory.mktemp("context_run") / "run")
+    keras.utils.set_random_seed(0)  # the same trained model in every session: the int8 agreement tests need it
     config = load_config(None, ["dataset=context", "context_size=96", "context_scenes=64", "crop_size=[96, 96]",
                                 "batch_size=8", "steps=80", "optimizer=adam", "learning_rate=0.003",
                                 "weight_decay=0.0", "aux_weight=0.0", "val_split=null", "cache=true",

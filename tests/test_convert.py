@@ -10,6 +10,7 @@ import torch
 from keras_pspnet import from_mmseg, from_preset, from_semseg, model_metadata
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
+from keras_pspnet.finetune import transfer_weights
 from keras_pspnet.model import uses_align_corners
 from tests.checkpoints import (
     CONFIG_0X_R18,
@@ -56,7 +57,7 @@ def test_converted_logits_equal_mmsegmentation(converted, rng, size):
     ("pspnet_resnet50_v1b", {"depth": 50, "deep_stem": False, "stem_widths": (8,)}),
     ("pspnet_mobilenet_v2_mmseg", {"depth": "mobilenet_v2", "widen_factor": 0.25}),
 ])
-def test_presets_are_the_converted_architectures(tmp_path, preset, structure):
+def test_presets_are_the_converted_architectures(tmp_path, rng, preset, structure):
     _, path = mmseg_checkpoint(tmp_path / "m.pth", 5, **structure)
     converted = from_mmseg(path)
     widths = {"alpha": 0.25} if "mobilenet" in preset else {
@@ -65,6 +66,10 @@ def test_presets_are_the_converted_architectures(tmp_path, preset, structure):
     built = from_preset(preset, 5, aux_head=True, pool_channels=16, head_channels=16, aux_channels=8, **widths)
     shapes = lambda m: {w.path: tuple(w.shape) for w in m.weights}  # noqa: E731
     assert shapes(built) == shapes(converted)
+    transfer_weights(converted, built)  # same weights: same strides, dilations, epsilons, paddings, resizes
+    pixels = rng.uniform(0, 255, (1, 65, 97, 3)).astype("float32")
+    assert relative_error(built.predict(pixels, verbose=0)["logits"],
+                          converted.predict(pixels, verbose=0)["logits"]) < 1e-6
 
 
 def test_semseg_logits_equal_the_authors_model(tmp_path, rng):

@@ -94,7 +94,7 @@ def test_export_command_errors(setup, tmp_path):
     assert again.returncode == 2 and "version 1 already exists" in again.stderr
 
 
-def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_path):
+def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_path, capsys):
     """The same evaluation for the .keras model, its SavedModel, its fp32 .tflite and its int8 .tflite."""
     import json
 
@@ -109,6 +109,13 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
         report = str(tmp_path / f"scores_{name}.json")  # not int8.json: the .tflite's metadata is called that
         assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report]) == 0
         miou[name] = json.load(open(report))["mIoU"]
+    report = os.path.splitext(int8)[0] + ".json"  # the int8 model's metadata: never an output
+    assert main(["evaluate", "--model", int8, "--data", "context", "--context-size", "96", "--json", report,
+                 "--force"]) == 2
+    assert "is the model's own file" in capsys.readouterr().err and json.load(open(report))["quantization"] == "int8"
+    assert main(["evaluate", "--model", trained_context_model, "--data", "context", "--protocol", "semseg"]) == 2
+    assert "4 classes is none of the reference datasets (ADE20K, Cityscapes, VOC); give --resize and --crop" in \
+        capsys.readouterr().err
     assert miou["savedmodel"] == pytest.approx(miou["keras"], abs=1e-4)
     assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
     assert 0 <= miou["keras"] - miou["int8"] < 0.05 and miou["keras"] > 0.5

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from keras_pspnet import TestProtocol, model_metadata, predict_scores, zoo
+from keras_pspnet.backbones.common import stride_plan
+from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
-from tests.checkpoints import CONFIG_0X_R18, config_text, reference_logits, serve, zoo_entry
+from keras_pspnet.protocol import mmseg_protocol
+from tests.checkpoints import CONFIG_0X_R18, DATA, config_text, reference_logits, serve, zoo_entry
 from tests.conftest import relative_error
 
 NAME = "test_pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
@@ -128,17 +131,29 @@ def test_unknown_name_lists_the_valid_ones():
         zoo.from_pretrained("pspnet_r50")
 
 
-def test_registry_entries_are_consistent(monkeypatch):
+def test_registry_equals_mmsegmentation(monkeypatch):
+    """Every entry against mmsegmentation 1.2.2 itself: its metafiles (file, hash, mIoU) and its configs resolved
+    by mmengine (test scale and mode, corner alignment, strides and dilations), kept in tests/data."""
+    with open(os.path.join(DATA, "mmseg_1.2.2_pspnet_zoo.json")) as f:
+        source = json.load(f)
     monkeypatch.delenv(zoo.MIRROR_ENV, raising=False)
-    assert len(zoo.ZOO) == 16
+    assert len(zoo.ZOO) == len(source["configs"]) == len(source["metafile"]) == 16
     for name, entry in zoo.ZOO.items():
-        assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256_prefix) and entry.url == zoo.BASE_URL + entry.path
-        assert entry.dataset in CLASS_SETS and entry.protocol.style == "mmseg"
-        corners = entry.options.get("align_corners", False)
-        assert corners == ("769x769" in name) == (entry.protocol.mode == "slide")  # the 769 models: slide 769/513
-        assert entry.protocol.resize == ((2049, 1025) if corners else (2048, 1024) if entry.dataset == "cityscapes"
-                                         else (2048, 512))
-        assert ("-d32" in name) == (entry.options.get("output_stride") == 32)
+        published, config = source["metafile"][entry.path], source["configs"][name]
+        # the metafile names the r50-d32 file "pspnet_r50b-d32..." (twice); its file, log and config are r50-d32
+        assert published["metafile_name"] == name or "r50-d32" in name
+        assert (entry.miou, entry.miou_ms) == (published["mIoU"], published["mIoU_ms_flip"])
+        assert entry.url == zoo.BASE_URL + entry.path and re.fullmatch(r"[0-9a-f]{8}", entry.sha256_prefix)
+        test_cfg = config["test_cfg"]
+        assert entry.protocol == mmseg_protocol(config["test_scale"], test_cfg.get("crop_size"), test_cfg.get("stride"))
+        assert entry.options.get("align_corners", False) == config["align_corners"]
+        assert entry.options.get("output_stride", 8) == (2 if "mobilenet" in name else 4) * np.prod(config["strides"])
+        if "mobilenet" in name:  # the dilated network our MobileNetV2 builds for output stride 8
+            assert [d for _, d in stride_plan([s[3] for s in MOBILENET_V2_STAGES], 8, 2)] == config["dilations"]
+        else:
+            assert entry.options.get("dilations", (1, 1, 2, 4)) == tuple(config["dilations"])
+        assert ("V1c" in entry.backbone) == (config["backbone_type"] == "ResNetV1c")
+        assert len(CLASS_SETS[entry.dataset].class_names) == config["num_classes"]
 
 
 def test_commands_list_and_get(host, monkeypatch, capsys, tmp_path):
@@ -159,6 +174,21 @@ def test_commands_list_and_get(host, monkeypatch, capsys, tmp_path):
     assert next(line for line in capsys.readouterr().out.splitlines() if line.startswith(NAME)).endswith("yes")
     assert main(["pretrained", "get", "nope"]) == 2
     assert "Unknown pretrained PSPNet 'nope'" in capsys.readouterr().err
+
+
+def test_published_miou_is_quoted_only_for_its_protocol():
+    from keras_pspnet.cli import _published
+    from keras_pspnet.protocol import MULTI_SCALES
+
+    own = TestProtocol("mmseg", (2048, 512))
+    metadata = {"protocol": own.to_dict(), "source": {"name": "m", "published_miou": 42.48,
+                                                       "published_miou_ms_flip": 43.44}}
+    assert _published(metadata, own) == "published mIoU 42.48 (m, single scale)"
+    ms_flip = TestProtocol("mmseg", (2048, 512), scales=MULTI_SCALES, flip=True)
+    assert _published(metadata, ms_flip) == "published mIoU 43.44 (m, multi-scale + flip)"
+    assert "was measured with mmseg: keep-ratio resize to 2048x512, whole image, not this protocol" in \
+        _published(metadata, TestProtocol())
+    assert _published({}, own) is None
 
 
 def test_from_pretrained_needs_no_torch(host, tmp_path, rng):
