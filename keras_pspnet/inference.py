@@ -139,7 +139,8 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
     `protocol`: how to run it (`keras_pspnet.protocol.TestProtocol`); default: the model's own (a pretrained
     model's: that of its published numbers), else the whole image at its size. Scales, flips and windows are
-    averaged as the protocol's reference does; the argmax is the prediction.
+    averaged as the protocol's reference does; the argmax is the prediction. For many images with a model
+    that has an auxiliary head, pass `inference_model(model)` (made once) rather than the model.
     """
     from keras_pspnet.predictors import as_predictor
 

@@ -121,3 +121,17 @@ def test_saved_model_stores_each_weight_once(exported, tmp_path):
     stored = sum(os.path.getsize(os.path.join(variables, f)) for f in os.listdir(variables))
     weights = sum(w.numpy().nbytes for w in model.weights)
     assert weights <= stored < 1.1 * weights
+
+
+def test_corner_aligned_models_export(tmp_path, rng):
+    """align_corners=True (the authors' and the 769x769 models) survives SavedModel and TFLite conversion."""
+    model = build_pspnet(4, "resnet18", base_width=8, head_channels=16, style="pytorch", align_corners=True)
+    randomize_batchnorm(model)
+    pixels = rng.integers(0, 256, (1, 65, 97, 3), dtype=np.uint8)
+    logits = model.predict(pixels.astype(np.float32), verbose=0)
+    saved = export_saved_model(model, str(tmp_path / "sm"), CLASS_SETS["context"], warmup_sizes=[])
+    served = tf.saved_model.load(saved).signatures["logits"](images=tf.constant(pixels, tf.float32))["logits"]
+    np.testing.assert_allclose(served.numpy(), logits, atol=1e-5, rtol=1e-5)
+    path = export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(65, 97))
+    np.testing.assert_allclose(tflite_run(path, pixels[0])["logits"], logits, atol=1e-4, rtol=1e-4)
+    assert json.load(open(str(tmp_path / "m.json")))["align_corners"] is True
