@@ -111,6 +111,9 @@ def test_tflite_errors(trained, tmp_path):
     (tmp_path / "m.tflite").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="m.tflite: already exists"):
         export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96))
+    (tmp_path / "n.json").write_text("{}")  # the metadata a .tflite would be written beside is never replaced
+    with pytest.raises(FileExistsError, match="n.json: already exists"):
+        export_tflite(model, str(tmp_path / "n.tflite"), CLASS_SETS["context"], input_size=(96, 96))
 
 
 def test_saved_model_stores_each_weight_once(exported, tmp_path):
