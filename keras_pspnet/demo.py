@@ -84,9 +84,10 @@ def run_demo(out_dir: str = "runs/quickstart", config_dir: str = "training/confi
     saved = export_saved_model(models["pspnet"], os.path.join(out_dir, "models", "pspnet"), info,
                                warmup_sizes=[(size, size)])
     tflite = os.path.join(out_dir, "pspnet_int8.tflite")
-    if os.path.exists(tflite):
-        print(f"replacing the earlier demo export {tflite}")
-        os.remove(tflite)
+    for earlier in (tflite, os.path.splitext(tflite)[0] + ".json"):  # the model and its metadata
+        if os.path.exists(earlier):
+            print(f"replacing the earlier demo export {earlier}")
+            os.remove(earlier)
     calibration, _ = load_source("context", "train", context_scenes=64, context_size=size)
     export_tflite(models["pspnet"], tflite, info, input_size=(size, size), quantize="int8",
                   calibration=[e["image"].numpy() for e in calibration])
