@@ -87,9 +87,9 @@ class TestProtocol:
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
     def describe(self) -> str:
-        """One line, e.g. "mmseg: keep-ratio resize to 2048x512, whole image"."""
-        if self.resize is None:
-            size = "native size"
+        """One line, e.g. "mmseg: keep-ratio resize to 2048x512, whole image" or "native: whole image"."""
+        if self.resize is None:  # "native": our default, the authors' way of combining windows and flips
+            size = None if self.style == "semseg" else "native size"
         elif isinstance(self.resize, int):
             size = f"long side {self.resize}"
         else:
@@ -98,7 +98,8 @@ class TestProtocol:
             f"slide {self.crop[0]}x{self.crop[1]} stride {self.window_stride[0]}x{self.window_stride[1]}")
         extras = (["scales " + ",".join(f"{s:g}" for s in self.scales)] if self.scales != (1.0,) else []) + (
             ["flip"] if self.flip else [])
-        return f"{self.style}: {size}, {window}" + "".join(f", {e}" for e in extras)
+        name = "native" if size is None and self.style == "semseg" else self.style
+        return f"{name}: " + ", ".join(part for part in (size, window, *extras) if part)
 
 
 def own_protocol(metadata: dict) -> TestProtocol:
