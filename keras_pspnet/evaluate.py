@@ -11,7 +11,7 @@ from keras_pspnet.data.pipeline import eval_pipeline
 from keras_pspnet.inference import predict_scores
 from keras_pspnet.metrics import mean_iou_metric, scores
 from keras_pspnet.predictors import as_predictor
-from keras_pspnet.protocol import TestProtocol
+from keras_pspnet.protocol import TestProtocol, own_protocol
 
 
 def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestProtocol | None = None, *,
@@ -24,6 +24,7 @@ def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestPr
     Returns `keras_pspnet.metrics.scores` plus "confusion" (list of lists, [true, predicted]) and "images".
     """
     predictor = as_predictor(model)
+    protocol = protocol or own_protocol(predictor.metadata)  # once, not per image
     num_classes = info.num_classes
     if predictor.num_classes != num_classes:
         raise ValueError(f"{info.name} has {num_classes} classes, the model predicts {predictor.num_classes}.")

@@ -188,10 +188,8 @@ def set_model_metadata(model: keras.Model, **fields) -> None:
     layer.metadata = {**layer.metadata, **fields}
 
 
-def model_mean(model) -> np.ndarray:
-    """The RGB mean a PSPNet subtracts from its input pixels (a predictor's `mean`; mid-grey otherwise)."""
-    if not isinstance(model, keras.Model):
-        return np.asarray(model.mean, np.float32)
+def model_mean(model: keras.Model) -> np.ndarray:
+    """The RGB mean a PSPNet subtracts from its input pixels (mid-grey for a model without normalisation)."""
     try:
         return np.asarray(model.get_layer("normalize").mean, np.float32).reshape(3)
     except ValueError:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.inference import predict_scores
-from keras_pspnet.protocol import TestProtocol
+from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay
 
 
@@ -35,6 +35,7 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
     not replaced unless `force`. Returns the paths that failed.
     """
     os.makedirs(out_dir, exist_ok=True)
+    protocol = protocol or own_protocol(predictor.metadata)  # once, not per image
     failed = []
     for path in tqdm(paths, desc="predicting", unit="image", disable=len(paths) < 2):
         stem = os.path.splitext(os.path.basename(path))[0]
