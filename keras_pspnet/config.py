@@ -1,8 +1,10 @@
-"""Training configurations: YAML files with `--set key=value` overrides, checked against known keys."""
+"""Training configurations: YAML files with `--set key=value` overrides, each value converted to its field's type."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any
 
 import yaml
@@ -26,12 +28,16 @@ class TrainConfig:
     crop_size: tuple[int, int] = (473, 473)
     batch_size: int = 16  # global, over all replicas
     steps: int = 1000
-    optimizer: str = "sgd"  # sgd (the paper) or adam
+    optimizer: str = "sgd"  # sgd (torch.optim.SGD's update, see keras_pspnet.optimizers) or adam
     learning_rate: float = 0.01
+    min_learning_rate: float = 0.0  # where the poly schedule ends (mmsegmentation: 1e-4; authors' code: 0)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    lr_power: float = 0.9  # poly schedule to 0 over `steps`
+    weight_decay_mode: str = "coupled"  # coupled (PyTorch's SGD, every reference) or decoupled (Keras')
+    head_lr_mult: float = 1.0  # learning-rate factor of the pyramid, head and aux head (authors' code: 10)
+    lr_power: float = 0.9  # poly schedule from learning_rate to min_learning_rate over `steps`
     aux_weight: float = 0.4  # 0 trains without the auxiliary head
+    avg_non_ignore: bool = True  # loss averaged over labelled pixels (authors' code) or all pixels (mmseg's default)
     augment: dict = dataclasses.field(default_factory=dict)  # overrides of the dataset's defaults
     mixed_precision: str | None = None  # null, mixed_float16 or mixed_bfloat16
     distribute: str = "auto"  # auto, none, mirrored, multi_worker
@@ -47,7 +53,8 @@ class TrainConfig:
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
-CHOICES = {"optimizer": ("sgd", "adam"), "distribute": ("auto", "none", "mirrored", "multi_worker"),
+CHOICES = {"optimizer": ("sgd", "adam"), "weight_decay_mode": ("coupled", "decoupled"),
+           "distribute": ("auto", "none", "mirrored", "multi_worker"),
            "mixed_precision": (None, "mixed_float16", "mixed_bfloat16"), "eval_mode": ("whole", "slide")}
 
 
@@ -84,22 +91,92 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {unknown}; valid keys: {sorted(FIELDS)}")
+    from keras_pspnet.data.info import AugmentConfig
+
+    values = {key: convert(value, FIELD_TYPES[key], f"{origin}: {key}") for key, value in values.items()}
+    augment_types = typing.get_type_hints(AugmentConfig)
+    unknown = sorted(set(values.get("augment", {})) - set(augment_types))
+    if unknown:
+        raise ValueError(f"{origin}: unknown augment key(s) {unknown}; valid keys: {sorted(augment_types)}")
+    values["augment"] = {key: convert(value, augment_types[key], f"{origin}: augment.{key}")
+                         for key, value in values.get("augment", {}).items()}
     config = TrainConfig(**values)
-    config.crop_size = tuple(int(c) for c in (config.crop_size if isinstance(config.crop_size, (list, tuple))
-                                              else (config.crop_size, config.crop_size)))
     for key, choices in CHOICES.items():
         if getattr(config, key) not in choices:
             raise ValueError(f"{origin}: {key} must be one of {list(choices)}, got {getattr(config, key)!r}")
-    for key in ("batch_size", "steps", "checkpoint_every", "log_every"):
-        if int(getattr(config, key)) < 1:
+    for key in ("batch_size", "steps", "checkpoint_every", "log_every", "crop_size"):
+        if min(getattr(config, key) if key == "crop_size" else [getattr(config, key)]) < 1:
             raise ValueError(f"{origin}: {key} must be >= 1, got {getattr(config, key)}")
-    from keras_pspnet.data.info import AugmentConfig
-
-    valid_augment = {f.name for f in dataclasses.fields(AugmentConfig)}
-    if set(config.augment) - valid_augment:
-        raise ValueError(f"{origin}: unknown augment key(s) {sorted(set(config.augment) - valid_augment)}; "
-                         f"valid keys: {sorted(valid_augment)}")
+    for key in ("learning_rate", "min_learning_rate", "weight_decay", "momentum", "head_lr_mult", "aux_weight"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"{origin}: {key} must be >= 0, got {getattr(config, key)}")
+    if config.min_learning_rate > config.learning_rate:
+        raise ValueError(f"{origin}: min_learning_rate {config.min_learning_rate} is above learning_rate "
+                         f"{config.learning_rate}")
+    if config.optimizer == "adam" and (config.head_lr_mult != 1 or config.weight_decay_mode != "decoupled"
+                                       and config.weight_decay):
+        raise ValueError(f"{origin}: head_lr_mult and coupled weight decay are for optimizer: sgd (adam decays "
+                         "decoupled, as AdamW); set weight_decay_mode: decoupled")
     return config
+
+
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def convert(value: Any, kind: Any, where: str) -> Any:
+    """`value` (as YAML read it) as type `kind`, or a one-line ValueError naming `where`.
+
+    YAML reads `1e-3` as a string (its 1.1 float syntax needs a dot) and `--set` values are YAML too, so
+    numbers written as strings are parsed; booleans never pass for numbers.
+    """
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else ()
+    if options:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return convert(value, option, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {kind}")
+    origin = typing.get_origin(kind) or kind
+    fail = ValueError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    if value is None and kind is not Any:
+        raise ValueError(f"{where}: may not be null")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise fail
+        try:
+            number = float(value)
+        except ValueError:
+            raise fail from None
+        if kind is int:
+            if not number.is_integer():
+                raise fail
+            return int(number)
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list, bool)):
+            raise fail
+        return str(value)
+    if origin is tuple:
+        items = typing.get_args(kind)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(set(items)) == 1:
+            value = [value] * len(items)  # crop_size: 473 means 473x473
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise ValueError(f"{where}: expected {len(items)} values, got {value!r}")
+        return tuple(convert(v, t, where) for v, t in zip(value, items))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
 
 
 def save_config(config: TrainConfig, path: str) -> None:

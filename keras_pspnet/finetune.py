@@ -6,10 +6,7 @@ import os
 
 import keras
 
-from keras_pspnet.layers import ClassLogits
-from keras_pspnet.model import inference_model, load_model
-
-CLASSIFIERS = ("classifier", "aux_classifier")
+from keras_pspnet.model import inference_model, load_model, rebuild
 
 
 def load_init_model(spec: str) -> keras.Model:
@@ -25,29 +22,13 @@ def load_init_model(spec: str) -> keras.Model:
 
 def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batchnorm: bool = False,
              metadata: dict | None = None) -> keras.Model:
-    """`model`'s architecture with fresh weights and classifiers for `num_classes` classes.
-
-    Batch norms are synchronised across replicas or not as asked; the layers take the current dtype policy
-    (mixed precision), and the output layer is a `ClassLogits` with `metadata` (the new classes), also for
-    models saved by keras-pspnet 0.1, whose output was a float32 Activation.
-    """
+    """`model`'s architecture with fresh weights, classifiers for `num_classes` classes, the current dtype
+    policy (mixed precision) and a `ClassLogits` output with `metadata` (the new classes); see `rebuild`."""
     if aux_head and not isinstance(model.output, dict):
         raise ValueError(f"{model.name}: has no auxiliary head to fine-tune; set aux_weight: 0, or give `model:`.")
     if not aux_head:
         model = inference_model(model)
-
-    def clone(layer):
-        config = layer.get_config()
-        config.pop("dtype", None)  # the saved float32 policy would override a mixed-precision run's
-        if layer.name in CLASSIFIERS:
-            config["filters"] = num_classes
-        if isinstance(layer, keras.layers.BatchNormalization):
-            config["synchronized"] = sync_batchnorm
-        if layer.name == "logits":
-            return ClassLogits(metadata, name="logits")
-        return layer.__class__.from_config(config)
-
-    return keras.models.clone_model(model, clone_function=clone)
+    return rebuild(model, sync_batchnorm=sync_batchnorm, num_classes=num_classes, metadata=metadata)
 
 
 def transfer_weights(source: keras.Model, target: keras.Model) -> tuple[list[str], list[str]]:

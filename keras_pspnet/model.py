@@ -10,13 +10,15 @@ import numpy as np
 from keras import layers
 
 from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_weights
-from keras_pspnet.backbones.common import batch_norm_factory
+from keras_pspnet.backbones.common import BN_MOMENTUM, batch_norm_factory
 from keras_pspnet.backbones.imagenet import IMAGENET_PREPROCESSING, imagenet_application
 from keras_pspnet.layers import AdaptiveAveragePooling2D, ClassLogits, ConcatConv2D, ResizeLike
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels 0-255 (torchvision, mmsegmentation)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 DEFAULT_BINS = (1, 2, 3, 6)
+CLASSIFIERS = ("classifier", "aux_classifier")
+HEAD_LAYERS = ("ppm_", "head_", "aux_", "classifier")  # name prefixes of the layers after the backbone
 
 
 def _conv_bn_relu(x, filters, kernel_size, norm, name):
@@ -131,7 +133,7 @@ def build_pspnet(
     features = backbone_features(
         backbone, x, output_stride=output_stride, sync_batchnorm=sync_batchnorm, **backbone_kwargs
     )
-    norm = batch_norm_factory(1e-5, 0.99, sync_batchnorm)
+    norm = batch_norm_factory(1e-5, BN_MOMENTUM, sync_batchnorm)
     final = features["final"]
     pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm, align_corners)
     logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head", align_corners,
@@ -165,6 +167,53 @@ def inference_model(model: keras.Model) -> keras.Model:
     if not isinstance(model.output, dict):
         return model
     return keras.Model(model.input, model.output["logits"], name=model.name)
+
+
+def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | None = None,
+            num_classes: int | None = None, metadata: dict | None = None) -> keras.Model:
+    """`model`'s architecture with fresh weights: the one place that changes a built model's settings.
+
+    Batch norms synchronised across replicas or not (a training-time setting); every layer with the `dtype`
+    policy (None: the current global policy, e.g. a mixed-precision run's); with `num_classes`, classifiers for
+    that many classes; with `metadata`, a new `ClassLogits` output carrying it (also for models saved by
+    keras-pspnet 0.1, whose output was a float32 Activation).
+    """
+
+    def clone(layer):
+        config = layer.get_config()
+        config.pop("dtype", None)
+        if dtype is not None:
+            config["dtype"] = dtype
+        if num_classes is not None and layer.name in CLASSIFIERS:
+            config["filters"] = num_classes
+        if isinstance(layer, layers.BatchNormalization):
+            config["synchronized"] = sync_batchnorm
+        if metadata is not None and layer.name == "logits":
+            return ClassLogits(metadata, name="logits")
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def portable_model(model: keras.Model) -> keras.Model:
+    """The inference model as training saves it: float32 policy and plain batch norms, the same weights.
+
+    A mixed-precision model would export float16 ops that TFLite's builtins lack, and a synchronised batch
+    norm loads only on TensorFlow; neither belongs in a saved model (both are training-time settings).
+    """
+    model = inference_model(model)
+    portable = rebuild(model, dtype="float32")
+    portable.set_weights(model.get_weights())
+    return portable
+
+
+def head_lr_multipliers(model: keras.Model, factor: float) -> dict[str, float]:
+    """{variable path: factor} for the layers the authors' code trains at 10x (`ppm`, `cls`, `aux` in
+    hszhao/semseg tool/train.py): the pyramid pooling module, the head and the auxiliary head."""
+    if factor == 1:
+        return {}
+    return {v.path: float(factor) for layer in model.layers if layer.name.startswith(HEAD_LAYERS)
+            for v in layer.trainable_weights}
 
 
 def model_metadata(model: keras.Model) -> dict:

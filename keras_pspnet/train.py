@@ -17,17 +17,20 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.config import TrainConfig, load_config, save_config
-from keras_pspnet.data import load_source, train_pipeline
+from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
 from keras_pspnet.data.classes import classes_metadata
+from keras_pspnet.data.folder import undecodable_images
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
-from keras_pspnet.model import build_pspnet, inference_model, model_mean
+from keras_pspnet.model import build_pspnet, head_lr_multipliers, model_mean, portable_model
+from keras_pspnet.optimizers import SGD
 from keras_pspnet.presets import from_preset
 from keras_pspnet.protocol import TestProtocol
 
 DEFAULT_MODEL = {"preset": "pspnet_resnet50"}
+CACHED_SHUFFLE = 1 << 16  # a cached dataset is shuffled whole (it is small, and in memory)
 
 
 def make_strategy(kind: str) -> tf.distribute.Strategy:
@@ -64,14 +67,22 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
         raise ValueError(f"model: {error}") from None
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD with momentum and weight decay (or Adam), poly learning rate to 0 over the run."""
-    schedule = keras.optimizers.schedules.PolynomialDecay(config.learning_rate, config.steps, 0.0,
-                                                          power=config.lr_power)
+def make_optimizer(config: TrainConfig, model: keras.Model, step: tf.Variable | None = None,
+                   ) -> keras.optimizers.Optimizer:
+    """PyTorch's SGD (or Adam) with the poly schedule from learning_rate to min_learning_rate over the run.
+
+    The schedule reads `step` (the run's step counter) when given, else the optimizer's own count, which
+    under mixed_float16 skips the steps whose loss-scaled gradients overflowed (the references' schedulers
+    count every iteration).
+    """
+    schedule = keras.optimizers.schedules.PolynomialDecay(config.learning_rate, config.steps,
+                                                          config.min_learning_rate, power=config.lr_power)
+    rate = schedule if step is None else (lambda: schedule(step))
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay or None)
+        optimizer = SGD(rate, config.momentum, config.weight_decay, config.weight_decay_mode,
+                        head_lr_multipliers(model, config.head_lr_mult))
     else:
-        optimizer = keras.optimizers.Adam(schedule, weight_decay=config.weight_decay or None)
+        optimizer = keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -79,7 +90,7 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
 def training_loss(config: TrainConfig, ignore_label: int):
     """logits loss + aux_weight * aux loss, each averaged over the labelled pixels of the global batch."""
-    loss = SegmentationCrossEntropy(ignore_label)
+    loss = SegmentationCrossEntropy(ignore_label, config.avg_non_ignore)
 
     def total(masks, outputs):
         if not isinstance(outputs, dict):
@@ -89,8 +100,9 @@ def training_loss(config: TrainConfig, ignore_label: int):
     return total
 
 
-def make_train_step(model, optimizer, loss_fn, strategy):
-    """A compiled step: forward, loss, gradients, update on every replica; returns the global mean loss."""
+def make_train_step(model, optimizer, loss_fn, strategy, counter: tf.Variable | None = None):
+    """A compiled step: forward, loss, gradients, update on every replica, then `counter` + 1; returns the
+    global mean loss."""
 
     def replica_step(images, masks):
         with tf.GradientTape() as tape:
@@ -105,7 +117,11 @@ def make_train_step(model, optimizer, loss_fn, strategy):
         images, masks = next(iterator)
         per_replica = strategy.run(replica_step, args=(images, masks))
         # Each replica's loss is its share of the global mean (see SegmentationCrossEntropy).
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        if counter is not None:
+            with tf.control_dependencies([loss]):  # only after a complete step (a failed input must not count)
+                counter.assign_add(1)
+        return loss
 
     return step
 
@@ -162,15 +178,12 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     check_run_directory(run_dir, config, resume)
     strategy = make_strategy(config.distribute)
     out = RunDirectory(run_dir, strategy)
-    if out.chief:
-        save_config(config, out("config.yaml"))
-    train_source, info = load_source(config.dataset, config.train_split, data_dir=config.data_dir,
-                                     num_classes=config.num_classes, context_scenes=config.context_scenes,
-                                     context_size=config.context_size)
+    source_options = dict(data_dir=config.data_dir, context_scenes=config.context_scenes,
+                          context_size=config.context_size)
+    _, info = load_source(config.dataset, config.train_split, num_classes=config.num_classes, **source_options)
     val_source = None
     if config.val_split:
-        val_source, _ = load_source(config.dataset, config.val_split, data_dir=config.data_dir,
-                                    num_classes=info.num_classes, context_size=config.context_size)
+        val_source, _ = load_source(config.dataset, config.val_split, num_classes=info.num_classes, **source_options)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {replicas} replicas.")
@@ -181,28 +194,46 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     init = load_init_model(config.init_from) if config.init_from and (not resuming or config.model is None) else None
     with strategy.scope():
         model = build_model(config, info, sync_batchnorm=replicas > 1, init=init)
-        optimizer = make_optimizer(config)
+        counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        optimizer = make_optimizer(config, model, counter)
         optimizer.build(model.trainable_variables)
+    augment = dataclasses.replace(info.augment, **config.augment)
+    if out.chief:  # only once the config has proved valid: a refused config must not block its correction
+        save_config(config, out("config.yaml"))
     if init is not None and not resuming:
         _initialize(model, init, config.init_from, verbose and out.chief)
     best = tf.Variable(-1.0, trainable=False, dtype=tf.float32)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=best)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=best, step=counter)
     manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    start = int(optimizer.iterations.numpy())
+        if not int(counter.numpy()):  # written by keras-pspnet 0.2 or older, which counted with the optimizer
+            counter.assign(optimizer.iterations)
+    start = int(counter.numpy())
     if start and verbose and out.chief:
         print(f"resuming {run_dir} from step {start} ({manager.latest_checkpoint})")
     if start >= config.steps and out.finished:
         return {"step": start, "metrics": _read_metrics(out("metrics.json")), "final_model": out("final.keras")}
 
-    augment = dataclasses.replace(info.augment, **{k: tuple(v) if isinstance(v, list) else v
-                                                   for k, v in config.augment.items()})
     mean = model_mean(model).tolist()
-    dataset = train_pipeline(train_source, info.name, config.crop_size, config.batch_size, augment, mean,
-                             seed=config.seed, start=start, cache=config.cache)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    step_fn = make_train_step(model, optimizer, training_loss(config, info.ignore_label), strategy)
+
+    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """This worker's batches: its shard of every epoch, from where the last checkpoint left off."""
+        batch = context.get_per_replica_batch_size(config.batch_size)
+        order = TrainingOrder.from_input_context(context, config.seed, skip=start * batch * replicas
+                                                 // context.num_input_pipelines)
+        if config.cache:  # a small dataset kept decoded in memory: this worker's share, fully reshuffled each epoch
+            source, _ = load_source(config.dataset, config.train_split, num_classes=info.num_classes,
+                                    validate=False, **source_options)
+            source = source.shard(order.num_shards, order.shard)
+        else:
+            source, _ = load_source(config.dataset, config.train_split, num_classes=info.num_classes,
+                                    validate=False, order=order, **source_options)
+        return train_pipeline(source, info.name, config.crop_size, batch, augment, mean, seed=config.seed + order.shard,
+                              start=start, shuffle_buffer=CACHED_SHUFFLE if config.cache else 0, cache=config.cache)
+
+    iterator = iter(strategy.distribute_datasets_from_function(worker_dataset))
+    step_fn = make_train_step(model, optimizer, training_loss(config, info.ignore_label), strategy, counter)
     writer = tf.summary.create_file_writer(out("logs")) if out.chief else tf.summary.create_noop_writer()
     progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"],
                                    verbose=1 if verbose and out.chief else 0)
@@ -222,12 +253,17 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
             json.dump(metrics, f, indent=1)
         if (results["mIoU"] or 0.0) > float(best.numpy()):
             best.assign(results["mIoU"])
-            inference_model(model).save(out("best.keras"))
+            portable_model(model).save(out("best.keras"))
         if verbose:
             print(f"\nstep {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} (best {100 * float(best.numpy()):.2f})")
 
     for step in range(start + 1, config.steps + 1):
-        loss = float(step_fn(iterator))
+        try:
+            loss = float(step_fn(iterator))
+        except tf.errors.OpError as error:  # the input pipeline failed (a file that decodes badly, say)
+            if step - 1 > start and (step - 1) % config.checkpoint_every:
+                manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
+            raise _input_error(config, error) from None
         if not np.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss}; lower learning_rate or check the labels.")
         if step % config.log_every == 0 or step == config.steps:
@@ -241,7 +277,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         if step % config.checkpoint_every == 0 or step == config.steps:
             manager.save(checkpoint_number=step)
     evaluate_now(config.steps)
-    inference_model(model).save(out("final.keras"))  # every worker (identical weights); non-chiefs in worker-<i>/
+    portable_model(model).save(out("final.keras"))  # every worker (identical weights); non-chiefs in worker-<i>/
     seconds = time.perf_counter() - started
     if verbose and out.chief:
         images = (config.steps - start) * config.batch_size
@@ -267,3 +303,16 @@ def _read_metrics(path: str) -> list:
         return []
     with open(path) as f:
         return json.load(f)
+
+
+def _input_error(config: TrainConfig, error: tf.errors.OpError) -> Exception:
+    """One line for a training input that failed mid-run: the undecodable file of a folder dataset when one
+    is found (the up-front check reads headers only), else the first line of TensorFlow's message."""
+    if os.path.isdir(config.dataset):
+        bad = undecodable_images(config.dataset, config.train_split)
+        if bad:
+            others = ", ".join(bad[1:4]) + (", ..." if len(bad) > 4 else "")
+            more = f" (and {len(bad) - 1} more: {others})" if others else ""
+            return ValueError(f"{bad[0]}: TensorFlow cannot decode this image{more}; fix or remove it and rerun the "
+                              "same command to resume from the last checkpoint")
+    return ValueError(f"{config.dataset}: the training input failed: {error.message.splitlines()[0]}")

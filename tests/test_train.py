@@ -56,7 +56,7 @@ def loop(strategy):
     with strategy.scope():
         model = build(strategy.num_replicas_in_sync > 1)
         model.set_weights(initial)
-        optimizer = make_optimizer(config)
+        optimizer = make_optimizer(config, model)
         optimizer.build(model.trainable_variables)
     data = tf.data.Dataset.from_tensors((images, masks)).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(data))
@@ -112,10 +112,35 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-2.index"))
 
 
-def test_sigkill_then_same_command_resumes(tmp_path):
+def restored_counter(run_dir, policy=None):
+    """The run's step counter, the optimizer's own count and learning rate, from its latest checkpoint."""
+    import tensorflow as tf
+
+    from keras_pspnet.train import build_model, make_optimizer
+
+    config = load_config(os.path.join(run_dir, "config.yaml"))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy or "float32")
+    try:
+        model = build_model(config, CONTEXT_INFO, sync_batchnorm=False)
+        counter = tf.Variable(0, dtype=tf.int64)
+        optimizer = make_optimizer(config, model, counter)
+        optimizer.build(model.trainable_variables)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=tf.Variable(-1.0), step=counter).restore(
+        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))).assert_existing_objects_matched()
+    return int(counter.numpy()), int(optimizer.iterations.numpy()), float(optimizer.learning_rate)
+
+
+@pytest.mark.parametrize("policy", [None, "mixed_float16", "mixed_bfloat16"])
+def test_sigkill_resume_export(tmp_path, policy):
+    """Train, SIGKILL, rerun the same command: it resumes at the checkpoint's step (the schedule too, also when
+    mixed_float16 skipped overflowing steps); the saved model is float32 and exports to TFLite."""
     run_dir = str(tmp_path / "run")
-    overrides = [a for s in TINY + ["steps=40", "checkpoint_every=5"] for a in ("--set", s)]
-    args = pspnet("train", "--out", run_dir, *overrides)
+    overrides = TINY + ["steps=30", "checkpoint_every=5", "min_learning_rate=0.001"]
+    overrides += [f"mixed_precision={policy}"] if policy else []
+    args = pspnet("train", "--out", run_dir, *[a for s in overrides for a in ("--set", s)])
     process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-10.index")):
@@ -124,24 +149,65 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not os.path.exists(os.path.join(run_dir, "final.keras"))
+    killed_at = restored_counter(run_dir, policy)[0]
     resumed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = int(re.search(r"resuming .* from step (\d+)", resumed.stdout).group(1))
-    assert start >= 10 and start % 5 == 0
-    # The optimizer state (iterations, hence the poly LR position, and momentum) came back from the checkpoint.
-    import tensorflow as tf
+    assert start == killed_at and start >= 10 and start % 5 == 0
+    counter, applied, rate = restored_counter(run_dir, policy)
+    assert counter == 30 and applied <= 30  # mixed_float16 does not apply steps whose gradients overflowed
+    assert rate == pytest.approx(0.001, rel=1e-6)  # the poly schedule reached min_learning_rate at step 30
+    assert "trained" in resumed.stdout
 
-    from keras_pspnet.train import build_model, make_optimizer
+    final = os.path.join(run_dir, "final.keras")
+    model = keras.saving.load_model(final)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    tflite = str(tmp_path / "model.tflite")
+    exported = subprocess.run(pspnet("export", final, "--format", "tflite", "--input-size", "64x64", "--out", tflite),
+                              env=ENV, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    from keras_pspnet.predictors import load_predictor
 
-    config = load_config(os.path.join(run_dir, "config.yaml"))
-    model = build_model(config, CONTEXT_INFO, sync_batchnorm=False)
-    optimizer = make_optimizer(config)
-    optimizer.build(model.trainable_variables)
-    tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=tf.Variable(-1.0)).restore(
-        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))).assert_existing_objects_matched()
-    assert int(optimizer.iterations) == 40
-    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # poly schedule ran to its end
-    assert "trained" in resumed.stdout and os.path.exists(os.path.join(run_dir, "final.keras"))
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")  # the .tflite takes uint8
+    expected = model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(load_predictor(tflite).predict_on_batch(pixels), expected, atol=1e-4 * np.abs(
+        expected).max())
+
+
+SYNC_BN = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import sys, keras, numpy as np
+from keras_pspnet.config import load_config
+from keras_pspnet.train import train
+result = train(load_config(None, sys.argv[2:]), sys.argv[1], verbose=False)
+model = keras.saving.load_model(result["final_model"])
+np.save(sys.argv[1] + "/tf.npy", model.predict(np.load(sys.argv[1] + "/pixels.npy"), verbose=0))
+"""
+ON_JAX = """
+import sys, keras, numpy as np
+import keras_pspnet  # registers our layers
+assert keras.backend.backend() == "jax"
+model = keras.saving.load_model(sys.argv[1] + "/final.keras")
+np.save(sys.argv[1] + "/jax.npy", model.predict(np.load(sys.argv[1] + "/pixels.npy"), verbose=0))
+"""
+
+
+def test_model_trained_on_two_replicas_loads_on_jax(tmp_path):
+    """Synchronised batch norm is a training setting: the saved model loads and predicts on any backend."""
+    pytest.importorskip("jax")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    np.save(run_dir / "pixels.npy", np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    trained = subprocess.run([sys.executable, "-c", SYNC_BN, str(run_dir), *TINY, "steps=2", "distribute=mirrored"],
+                             capture_output=True, text=True, env=ENV, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    loaded = subprocess.run([sys.executable, "-c", ON_JAX, str(run_dir)], capture_output=True, text=True,
+                            env={**ENV, "KERAS_BACKEND": "jax"}, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    expected = np.load(run_dir / "tf.npy")
+    np.testing.assert_allclose(np.load(run_dir / "jax.npy"), expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_finished_run_is_not_overwritten(tmp_path, capsys):
@@ -178,14 +244,52 @@ def test_evaluate_command(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_switch(tmp_path, policy):
+def test_mixed_precision_policy_stays_in_the_run(tmp_path):
     before = keras.config.dtype_policy().name
-    result = train(load_config(None, TINY + ["steps=2", f"mixed_precision={policy}"]), str(tmp_path / "run"),
+    result = train(load_config(None, TINY + ["steps=2", "mixed_precision=mixed_bfloat16"]), str(tmp_path / "run"),
                    verbose=False)
     assert keras.config.dtype_policy().name == before  # the run's policy does not leak
     model = keras.saving.load_model(result["final_model"])
-    assert model.get_layer("conv2_block1_1_conv").dtype_policy.name == policy
-    assert model.output.dtype == "float32"  # logits stay float32 for the loss and argmax
+    assert model.get_layer("conv2_block1_1_conv").dtype_policy.name == "float32"  # saved for inference
     pixels = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     assert np.all(np.isfinite(model.predict(pixels, verbose=0)))
+
+
+def test_corrupt_image_mid_training_stops_with_one_line(tmp_path):
+    """A JPEG without its last bytes passes the up-front check (headers) but not TensorFlow's decoder: the run stops
+    with one line naming it, keeps its checkpoints, and resumes once the file is fixed."""
+    from PIL import Image
+
+    from keras_pspnet.data import TrainingOrder
+    from keras_pspnet.data.order import epoch_indices
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / "train" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(40):
+        name = f"{index:02d}"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "train/images" / f"{name}.jpg")
+        Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8)).save(root / "train" / "masks" / f"{name}.png")
+    # The file read 31st in the first epoch (step 16 of batches of 2): checkpoints at steps 2, 4, ... come first.
+    victim = root / "train" / "images" / f"{int(list(epoch_indices(40, TrainingOrder(seed=0)).take(31))[-1]):02d}.jpg"
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[:-10])
+    run_dir = str(tmp_path / "run")
+    overrides = [f"dataset={root}", "num_classes=3", "crop_size=[32, 32]", "batch_size=2", "steps=30",
+                 "checkpoint_every=2", "val_split=null", "augment.rotate=0",
+                 "model={backbone: resnet10, stages: 3, base_width: 4, head_channels: 8, aux_channels: 4}"]
+    args = pspnet("train", "--out", run_dir, *[a for s in overrides for a in ("--set", s)])
+    failed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1] == (f"pspnet: error: {victim}: TensorFlow cannot decode this image; "
+                                                      "fix or remove it and rerun the same command to resume from the "
+                                                      "last checkpoint")
+    assert "Traceback" not in failed.stderr
+    checkpoints = sorted(int(name[5:-6]) for name in os.listdir(os.path.join(run_dir, "checkpoints"))
+                         if name.endswith(".index"))
+    assert checkpoints and 2 <= checkpoints[-1] < 16 and not os.path.exists(os.path.join(run_dir, "final.keras"))
+    victim.write_bytes(intact)
+    resumed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"from step {checkpoints[-1]}" in resumed.stdout and os.path.exists(os.path.join(run_dir, "final.keras"))

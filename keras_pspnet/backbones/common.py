@@ -29,6 +29,10 @@ def stride_plan(strides: Sequence[int], output_stride: int, initial_stride: int)
     return plan
 
 
+# Running statistics move as in PyTorch's BatchNorm2d (momentum 0.1 there is 0.9 here: Keras weighs the old value).
+BN_MOMENTUM = 0.9
+
+
 def batch_norm_factory(epsilon: float, momentum: float, synchronized: bool):
     """A BatchNormalization constructor with the backbone's settings bound (names still per layer)."""
     return functools.partial(

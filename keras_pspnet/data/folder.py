@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
+from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -81,16 +82,25 @@ def read_classes(root: str, filename: str = "classes.json",
     return names, tuple(c or fallback[i] for i, c in enumerate(colors))
 
 
-def folder_source(root: str, split: str, num_classes: int | None = None,
-                  validate: bool = True) -> tuple[tf.data.Dataset, DatasetInfo]:
-    """The pairs of ROOT/<split>, checked up front (sizes, mask values, readability) unless validate=False."""
+def split_files(root: str, split: str) -> tuple[list[str], list[str]]:
+    """The sorted image paths of ROOT/<split> and their mask paths."""
     images_dir, masks_dir = os.path.join(root, split, "images"), os.path.join(root, split, "masks")
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"{images_dir}: no such folder (expected ROOT/<split>/images and ROOT/<split>/masks)")
     images = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
     if not images:
         raise ValueError(f"{images_dir}: empty split (no .jpg or .png images)")
-    masks = [os.path.join(masks_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
+    return images, [os.path.join(masks_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
+
+
+def folder_source(root: str, split: str, num_classes: int | None = None, validate: bool = True,
+                  order: TrainingOrder | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """The pairs of ROOT/<split>, checked up front (sizes, mask values, readability) unless validate=False.
+
+    With `order`, an endless stream in training order (see `keras_pspnet.data.order`); else each pair once,
+    sorted by file name.
+    """
+    images, masks = split_files(root, split)
     classes = read_classes(root)
     if classes and num_classes is not None and num_classes != len(classes[0]):
         raise ValueError(f"{os.path.join(root, 'classes.json')}: {len(classes[0])} classes, "
@@ -113,5 +123,26 @@ def folder_source(root: str, split: str, num_classes: int | None = None,
         mask.set_shape([None, None])
         return {"image": image, "mask": mask}
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if order is None:
+        dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    else:  # file names are permuted before anything is decoded
+        paths = tf.constant(images), tf.constant(masks)
+        dataset = epoch_indices(len(images), order).map(lambda i: (tf.gather(paths[0], i), tf.gather(paths[1], i)))
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE), info
+
+
+def undecodable_images(root: str, split: str) -> list[str]:
+    """The images of ROOT/<split> that TensorFlow's decoder refuses (what a training run reads them with)."""
+
+    def fails(path: str) -> bool:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return False
+        except (tf.errors.OpError, ValueError):
+            return True
+
+    images, _ = split_files(root, split)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        failed = list(tqdm(pool.map(fails, images), total=len(images), desc=f"looking for the undecodable image in "
+                           f"{root}/{split}", unit="image", disable=len(images) < 200))
+    return [path for path, bad in zip(images, failed) if bad]

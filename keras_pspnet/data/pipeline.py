@@ -18,17 +18,21 @@ def check_pair(example: dict, dataset_name: str) -> dict:
 
 
 def train_pipeline(source: tf.data.Dataset, name: str, crop: Sequence[int], batch_size: int, config: AugmentConfig,
-                   mean: Sequence[float], seed: int = 0, start: int = 0, shuffle_buffer: int = 256,
+                   mean: Sequence[float], seed: int = 0, start: int = 0, shuffle_buffer: int = 0,
                    cache: bool = False) -> tf.data.Dataset:
-    """Endless shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]).
+    """Shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]) from an endless
+    `source` in training order (`load_source(..., order=...)`); a finite source is repeated.
 
-    `start` offsets the random stream (the step a resumed run starts from), so a resumed run does not
-    replay the samples of the first steps.
+    `cache`: keep the decoded examples in memory (a small, finite source) and shuffle them in a buffer of
+    `shuffle_buffer`; `start` offsets the random stream (the step a resumed run starts from), so a resumed
+    run does not replay the augmentation of the first steps.
     """
     dataset = source.map(lambda e: check_pair(e, name), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache()
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True).repeat()
+    if shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
 
     def sample(index, example):
         return augment(example, tf.stack([tf.constant(seed, tf.int64), index + start * batch_size]), crop, config, mean)

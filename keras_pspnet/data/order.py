@@ -1,0 +1,47 @@
+"""The order training reads a dataset in: the whole dataset permuted every epoch, one shard per worker.
+
+Sources that can address an example by index (a folder's files, the synthetic scenes) are permuted before
+anything is decoded, so a shuffle buffer of decoded images never limits how far apart neighbouring samples
+come from (ADE20K's files are sorted by scene type). Each epoch is `tf.random.experimental.stateless_shuffle`
+of all indices under the seed (seed, epoch), the same on every worker, of which worker i of n takes every
+n-th from i: between them the workers read every example exactly once per epoch, as PyTorch's
+DistributedSampler does. TFDS sources shuffle and shard their files instead (`tfds.ReadConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+EPOCHS = 1 << 40  # "endless": tf.data needs a bound for the range of epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOrder:
+    """seed: the permutations' seed; num_shards / shard: the workers and this one's index; skip: examples of
+    this shard already read (a resumed run continues where the last checkpoint was written)."""
+
+    seed: int = 0
+    num_shards: int = 1
+    shard: int = 0
+    skip: int = 0
+
+    @classmethod
+    def from_input_context(cls, context: tf.distribute.InputContext | None, seed: int, skip: int = 0):
+        if context is None:
+            return cls(seed, skip=skip)
+        return cls(seed, context.num_input_pipelines, context.input_pipeline_id, skip)
+
+
+def epoch_indices(count: int, order: TrainingOrder) -> tf.data.Dataset:
+    """Endless int64 indices in [0, count): this shard's part of a fresh permutation every epoch."""
+    if count < order.num_shards:
+        raise ValueError(f"{count} examples cannot be shared by {order.num_shards} workers")
+
+    def epoch(index):
+        seed = tf.stack([tf.constant(order.seed, tf.int64), index])
+        permutation = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed)
+        return tf.data.Dataset.from_tensor_slices(permutation[order.shard :: order.num_shards])
+
+    return tf.data.Dataset.range(EPOCHS).flat_map(epoch).skip(order.skip)

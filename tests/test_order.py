@@ -1,0 +1,48 @@
+"""Training order: whole-dataset permutations every epoch, one shard of files per worker."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from keras_pspnet.data import TrainingOrder, load_source
+
+
+def numbered_folder(root, count):
+    """ROOT/train with `count` 2x2 images whose pixels spell their sorted position (red: index // 256,
+    green: index % 256) and one-class masks."""
+    for sub in ("images", "masks"):
+        os.makedirs(root / "train" / sub)
+    for index in range(count):
+        image = np.zeros((2, 2, 3), np.uint8)
+        image[..., 0], image[..., 1] = index // 256, index % 256
+        Image.fromarray(image).save(root / "train" / "images" / f"{index:05d}.png")
+        Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / "train" / "masks" / f"{index:05d}.png")
+    return str(root)
+
+
+def positions(root, order, count):
+    source, _ = load_source(root, "train", num_classes=1, validate=False, order=order)
+    return [int(e["image"][0, 0, 0]) * 256 + int(e["image"][0, 0, 1]) for e in source.take(count)]
+
+
+def test_first_examples_come_from_all_over_a_sorted_folder(tmp_path):
+    root = numbered_folder(tmp_path, 2000)
+    first = positions(root, TrainingOrder(seed=0), 64)
+    assert len(set(first)) == 64
+    assert len({p // 200 for p in first}) == 10  # every tenth of the sorted folder is represented
+    assert max(np.diff(sorted(first))) < 400  # no stretch of the folder is skipped for long
+    assert positions(root, TrainingOrder(seed=0), 64) == first  # seeded: a rerun reads the same order
+    assert positions(root, TrainingOrder(seed=1), 64) != first
+
+
+def test_two_workers_read_every_file_once_per_epoch(tmp_path):
+    root = numbered_folder(tmp_path, 100)
+    shards = [positions(root, TrainingOrder(seed=3, num_shards=2, shard=i), 100) for i in range(2)]
+    for epoch in range(2):
+        seen = shards[0][50 * epoch : 50 * epoch + 50] + shards[1][50 * epoch : 50 * epoch + 50]
+        assert sorted(seen) == list(range(100)), f"epoch {epoch}"
+    assert shards[0][:50] != shards[0][50:]  # a fresh permutation every epoch
+    assert set(shards[0][:50]) != set(shards[0][50:])  # and fresh shards: not the same files for ever
+    # A resumed run skips what its shard already read: it continues the same sequence.
+    assert positions(root, TrainingOrder(seed=3, num_shards=2, shard=1, skip=30), 70) == shards[1][30:]
