@@ -14,6 +14,7 @@ import math
 import tensorflow as tf
 
 from keras_pspnet.data.info import AugmentConfig, DatasetInfo
+from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
 CONTEXT_INFO = DatasetInfo(
     name="context",
@@ -68,14 +69,15 @@ def context_scene(index, size: int = DEFAULT_SIZE, seed: int = 1, surroundings: 
     return {"image": tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), "mask": tf.cast(mask, tf.uint8)}
 
 
-def context_source(split: str = "train", num_scenes: int | None = None, size: int = DEFAULT_SIZE) -> tf.data.Dataset:
-    """The scenes of `split` ("train", "validation" or "test"), generated on the fly."""
+def context_source(split: str = "train", num_scenes: int | None = None, size: int = DEFAULT_SIZE,
+                   order: TrainingOrder | None = None) -> tf.data.Dataset:
+    """The scenes of `split` ("train", "validation" or "test"), generated on the fly; with `order`, an endless
+    stream in training order (see `keras_pspnet.data.order`)."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"context dataset: unknown split {split!r}; valid splits: {sorted(SPLIT_SEEDS)}.")
     count = DEFAULT_SIZES[split] if num_scenes is None else int(num_scenes)
     if count < 1:
         raise ValueError(f"context dataset: split {split!r} is empty (num_scenes={count}).")
     seed = SPLIT_SEEDS[split]
-    return tf.data.Dataset.range(count).map(
-        lambda i: context_scene(i, size, seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    indices = tf.data.Dataset.range(count) if order is None else epoch_indices(count, order)
+    return indices.map(lambda i: context_scene(i, size, seed), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.data.info import IGNORE_LABEL, AugmentConfig, DatasetInfo
+from keras_pspnet.data.order import TrainingOrder
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -78,6 +79,7 @@ def _ade20k(example):
 
 
 _cityscapes_ids = _lookup(CITYSCAPES_TRAIN_IDS)
+TFDS_SHUFFLE_BUFFER = 256
 _pet_trimap = _lookup({1: 1, 2: 0})  # 1 pet, 2 background, 3 border (ignored)
 
 TFDS_SOURCES = {
@@ -97,14 +99,25 @@ TFDS_SOURCES = {
 }
 
 
-def tfds_source(name: str, split: str, data_dir: str | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
-    """Reads `name` from the user's TFDS data_dir (never downloads) and maps it to image/mask pairs."""
+def tfds_source(name: str, split: str, data_dir: str | None = None,
+                order: TrainingOrder | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Reads `name` from the user's TFDS data_dir (never downloads) and maps it to image/mask pairs.
+
+    With `order`: endless, files shuffled every epoch with its seed and shared out among the workers by file
+    (TFDS's own file shuffling and sharding; records within a file stay in order, hence the training
+    shuffle buffer of decoded examples here); `order.skip` is not applied (TFDS cannot skip without reading).
+    """
     import tensorflow_datasets as tfds
 
     transform, info = TFDS_SOURCES[name]
     builder = tfds.builder(name, data_dir=data_dir)
+    read_config = None
+    if order is not None:
+        context = tf.distribute.InputContext(order.num_shards, order.shard)
+        read_config = tfds.ReadConfig(shuffle_seed=order.seed, input_context=context,
+                                      shuffle_reshuffle_each_iteration=True)
     try:
-        dataset = builder.as_dataset(split=split, shuffle_files=split.startswith("train"))
+        dataset = builder.as_dataset(split=split, shuffle_files=order is not None, read_config=read_config)
     except AssertionError:  # what TFDS raises for a dataset that was never built
         raise FileNotFoundError(
             f"{name}: not prepared in the TFDS data_dir {builder.data_dir}. Build it once with internet access: "
@@ -113,4 +126,7 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> tuple[tf.
         ) from None
     except ValueError as error:  # unknown split
         raise ValueError(f"{name}: {error}") from None
-    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE), info
+    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    if order is not None:  # records come in runs from each file: mix a few hundred decoded examples
+        dataset = dataset.repeat().shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard)
+    return dataset, info
