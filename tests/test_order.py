@@ -46,3 +46,26 @@ def test_two_workers_read_every_file_once_per_epoch(tmp_path):
     assert set(shards[0][:50]) != set(shards[0][50:])  # and fresh shards: not the same files for ever
     # A resumed run skips what its shard already read: it continues the same sequence.
     assert positions(root, TrainingOrder(seed=3, num_shards=2, shard=1, skip=30), 70) == shards[1][30:]
+
+
+def test_tfds_training_order_shuffles_and_shards_files():
+    """TFDS reads its own files: our order reaches it as file shuffling with our seed and one shard per worker,
+    and the stream is endless."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def as_dataset(self, split, shuffle_files=False, read_config=None, **kwargs):
+        calls.append((shuffle_files, read_config))
+        image = np.zeros((3, 4, 4, 3), np.uint8)
+        return tf.data.Dataset.from_tensor_slices({"image": image, "annotation": image})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        source, _ = load_source("scene_parse150", "train", order=TrainingOrder(seed=7, num_shards=2, shard=1))
+        assert len(list(source.take(10))) == 10  # 3 records, repeated
+        load_source("scene_parse150", "validation")
+    (shuffled, config), (evaluation, _) = calls
+    assert shuffled and config.shuffle_seed == 7 and config.shuffle_reshuffle_each_iteration
+    assert (config.input_context.num_input_pipelines, config.input_context.input_pipeline_id) == (2, 1)
+    assert not evaluation  # evaluation reads in order
