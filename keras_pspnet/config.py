@@ -43,7 +43,8 @@ class TrainConfig:
     distribute: str = "auto"  # auto, none, mirrored, multi_worker
     checkpoint_every: int = 500
     eval_every: int | None = None  # steps; null: evaluate once at the end
-    eval_mode: str = "whole"  # whole or slide
+    eval_mode: str = "whole"  # whole or slide, windows of crop_size
+    eval_protocol: str | None = None  # semseg or mmseg: that reference's test protocol for the dataset (not eval_mode)
     log_every: int = 10
     seed: int = 0
     cache: bool = False  # keep decoded examples in memory (small datasets)
@@ -55,7 +56,8 @@ class TrainConfig:
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
 CHOICES = {"optimizer": ("sgd", "adam"), "weight_decay_mode": ("coupled", "decoupled"),
            "distribute": ("auto", "none", "mirrored", "multi_worker"),
-           "mixed_precision": (None, "mixed_float16", "mixed_bfloat16"), "eval_mode": ("whole", "slide")}
+           "mixed_precision": (None, "mixed_float16", "mixed_bfloat16"), "eval_mode": ("whole", "slide"),
+           "eval_protocol": (None, "semseg", "mmseg")}
 
 
 def _set(values: dict, dotted: str, value: Any, origin: str) -> None:

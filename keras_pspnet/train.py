@@ -27,7 +27,7 @@ from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import build_pspnet, head_lr_multipliers, model_mean, portable_model
 from keras_pspnet.optimizers import SGD
 from keras_pspnet.presets import from_preset
-from keras_pspnet.protocol import TestProtocol
+from keras_pspnet.protocol import TestProtocol, reference_protocol
 
 DEFAULT_MODEL = {"preset": "pspnet_resnet50"}
 CACHED_SHUFFLE = 1 << 16  # a cached dataset is shuffled whole (it is small, and in memory)
@@ -184,6 +184,12 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     val_source = None
     if config.val_split:
         val_source, _ = load_source(config.dataset, config.val_split, num_classes=info.num_classes, **source_options)
+    protocol = TestProtocol(mode=config.eval_mode, crop=config.crop_size)
+    if config.eval_protocol:
+        protocol = reference_protocol(config.eval_protocol, info.num_classes)
+        if protocol is None:
+            raise ValueError(f"eval_protocol {config.eval_protocol}: {config.dataset} is none of the reference "
+                             "datasets (ADE20K, Cityscapes, VOC: 150, 19 or 21 classes); use eval_mode instead")
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {replicas} replicas.")
@@ -243,7 +249,6 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     def evaluate_now(step: int) -> None:
         if val_source is None or not out.chief:
             return
-        protocol = TestProtocol(mode=config.eval_mode, crop=config.crop_size)
         results = evaluate(model, val_source, info, protocol, progress=verbose)
         record = {"step": step, **{k: v for k, v in results.items() if k != "confusion"}}
         metrics.append(record)

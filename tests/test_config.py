@@ -33,16 +33,68 @@ def test_missing_config_file(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_state_their_reference():
     import glob
     import os
 
     paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "training", "configs", "*.yaml")))
     names = [os.path.basename(p) for p in paths]
-    assert names == ["ade20k_pspnet_r101.yaml", "ade20k_pspnet_r50.yaml", "cityscapes_pspnet_r101.yaml",
-                     "context_fcn.yaml", "context_pspnet.yaml"]
+    assert names == ["ade20k_pspnet_r101.yaml", "ade20k_pspnet_r50.yaml", "ade20k_pspnet_r50_mmseg.yaml",
+                     "cityscapes_pspnet_r101.yaml", "cityscapes_pspnet_r50_mmseg.yaml", "context_fcn.yaml",
+                     "context_pspnet.yaml", "voc2012_pspnet_r50.yaml"]
     configs = {name: load_config(path) for name, path in zip(names, paths)}
     assert configs["context_fcn.yaml"].model["bins"] == [] and configs["context_pspnet.yaml"].model["bins"]
     fcn, psp = configs["context_fcn.yaml"].to_dict(), configs["context_pspnet.yaml"].to_dict()
     assert {k for k in fcn if fcn[k] != psp[k]} == {"model"}  # the baseline differs only by the pyramid
-    assert configs["ade20k_pspnet_r50.yaml"].aux_weight == 0.4 and configs["ade20k_pspnet_r50.yaml"].lr_power == 0.9
+    # hszhao/semseg (tool/train.py and its configs) and mmsegmentation (schedules, datasets, pspnet_r50-d8).
+    references = {"semseg": dict(weight_decay=1e-4, min_learning_rate=0.0, head_lr_mult=10.0, avg_non_ignore=True),
+                  "mmseg": dict(weight_decay=5e-4, min_learning_rate=1e-4, head_lr_mult=1.0, avg_non_ignore=False)}
+    expected_steps = {"ade20k_pspnet_r50.yaml": 20210 // 16 * 100, "ade20k_pspnet_r101.yaml": 20210 // 16 * 100,
+                      "cityscapes_pspnet_r101.yaml": 2975 // 16 * 200, "voc2012_pspnet_r50.yaml": 10582 // 16 * 50,
+                      "ade20k_pspnet_r50_mmseg.yaml": 160000, "cityscapes_pspnet_r50_mmseg.yaml": 80000}
+    for name, steps in expected_steps.items():
+        config, path = configs[name], paths[names.index(name)]
+        reference = "mmseg" if "mmseg" in name else "semseg"
+        assert ("mmsegmentation" if reference == "mmseg" else "hszhao/semseg") in open(path).read()
+        for key, value in references[reference].items():
+            assert getattr(config, key) == value, (name, key)
+        assert config.steps == steps and config.augment["recipe"] == reference and config.eval_protocol == reference
+        assert (config.optimizer, config.learning_rate, config.momentum, config.lr_power, config.aux_weight,
+                config.weight_decay_mode) == ("sgd", 0.01, 0.9, 0.9, 0.4, "coupled")
+
+
+def test_values_take_their_field_type():
+    config = load_config(None, ["learning_rate=1e-3", "steps=2e3", "crop_size=65", "val_split=null",
+                                "weight_decay=0", "head_lr_mult=10", "augment.scale=[0.75, 1.5]"])
+    assert config.learning_rate == 0.001 and isinstance(config.learning_rate, float)  # YAML reads 1e-3 as a string
+    assert config.steps == 2000 and isinstance(config.steps, int)
+    assert config.crop_size == (65, 65) and config.val_split is None and config.weight_decay == 0.0
+    assert config.augment["scale"] == (0.75, 1.5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learning_rate=fast", "learning_rate: expected float, got 'fast'"),
+    ("steps=1.5", "steps: expected int, got 1.5"),
+    ("aux_weight=true", "aux_weight: expected float, got True"),
+    ("crop_size=[1, 2, 3]", "crop_size: expected 2 values"),
+    ("augment.flip=2", "augment.flip: expected bool, got 2"),
+    ("model=resnet", "model: expected a mapping"),
+    ("min_learning_rate=0.1", "min_learning_rate 0.1 is above learning_rate 0.01"),
+    ("weight_decay_mode=l2", "weight_decay_mode must be one of ['coupled', 'decoupled']"),
+])
+def test_bad_values_are_refused_in_one_line(override, message):
+    with pytest.raises(ValueError) as error:
+        load_config(None, [override])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_refused_run_writes_nothing(tmp_path):
+    """A config that fails (an unknown model key here) leaves no config.yaml that would block its correction."""
+    from keras_pspnet.train import train
+
+    run_dir = tmp_path / "run"
+    config = load_config(None, ["dataset=context", "context_scenes=4", "context_size=32", "crop_size=32",
+                                "val_split=null", "model={backbone: resnet10, stages: 3, widht: 4}"])
+    with pytest.raises(ValueError, match="widht"):
+        train(config, str(run_dir), verbose=False)
+    assert not (run_dir / "config.yaml").exists()

@@ -30,6 +30,8 @@ import json, sys, keras, numpy as np
 from keras_pspnet import build_pspnet
 from keras_pspnet.config import TrainConfig
 from keras_pspnet.losses import SegmentationCrossEntropy
+from keras_pspnet.model import head_lr_multipliers
+from keras_pspnet.optimizers import SGD
 from keras_pspnet.train import make_optimizer, make_strategy, make_train_step, training_loss
 
 keras.utils.set_random_seed(0)  # the same initial weights in every session: the tolerance below is for rounding
@@ -40,14 +42,15 @@ masks[0, :30] = 255  # the replicas see different numbers of labelled pixels
 build = lambda sync: build_pspnet(3, "resnet18", stages=3, base_width=4, head_channels=8, aux_channels=4,
                                   aux_head=True, dropout=0.0, sync_batchnorm=sync)
 initial = build(False).get_weights()
-config = TrainConfig(steps=10, learning_rate=0.1)
+config = TrainConfig(steps=10, learning_rate=0.1, head_lr_mult=10.0, weight_decay=1e-3)
 
 def fit(strategy):
     with strategy.scope():
         model = build(strategy.num_replicas_in_sync > 1)
         model.set_weights(initial)
         loss = SegmentationCrossEntropy()
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss={"logits": loss, "aux": loss},
+        optimizer = SGD(0.1, momentum=0.9, weight_decay=1e-3, lr_multipliers=head_lr_multipliers(model, 10))
+        model.compile(optimizer=optimizer, loss={"logits": loss, "aux": loss},
                       loss_weights={"logits": 1.0, "aux": 0.4})
     model.fit(images, {"logits": masks, "aux": masks}, batch_size=4, epochs=2, shuffle=False, verbose=0)
     return model.get_weights()
