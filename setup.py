@@ -17,7 +17,8 @@ setup(
         "jax": ["jax"],
         "serving": ["ai-edge-litert"],  # + `pip install --no-deps tensorflow-serving-api` (see serving/README.md)
         # torch only builds the reference PyTorch models the tests compare with; conversion needs no torch.
-        "test": ["pytest", "ruff", "torch>=2.0", "jax", "ai-edge-litert"],
+        # opencv: the augmentation tests compare with cv2 4.x, whose warpAffine the authors ran (5.0 changed it).
+        "test": ["pytest", "ruff", "torch>=2.0", "jax", "ai-edge-litert", "opencv-python-headless>=4.5,<5"],
     },
     entry_points={"console_scripts": ["pspnet=keras_pspnet.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Recognition"],

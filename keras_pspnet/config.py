@@ -33,7 +33,7 @@ class TrainConfig:
     min_learning_rate: float = 0.0  # where the poly schedule ends (mmsegmentation: 1e-4; authors' code: 0)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    weight_decay_mode: str = "coupled"  # coupled (PyTorch's SGD, every reference) or decoupled (Keras')
+    weight_decay_mode: str = "coupled"  # sgd: coupled (PyTorch's, every reference) or decoupled (Keras'); adam: AdamW
     head_lr_mult: float = 1.0  # learning-rate factor of the pyramid, head and aux head (authors' code: 10)
     lr_power: float = 0.9  # poly schedule from learning_rate to min_learning_rate over `steps`
     aux_weight: float = 0.4  # 0 trains without the auxiliary head
@@ -115,10 +115,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     if config.min_learning_rate > config.learning_rate:
         raise ValueError(f"{origin}: min_learning_rate {config.min_learning_rate} is above learning_rate "
                          f"{config.learning_rate}")
-    if config.optimizer == "adam" and (config.head_lr_mult != 1 or config.weight_decay_mode != "decoupled"
-                                       and config.weight_decay):
-        raise ValueError(f"{origin}: head_lr_mult and coupled weight decay are for optimizer: sgd (adam decays "
-                         "decoupled, as AdamW); set weight_decay_mode: decoupled")
+    if config.optimizer == "adam" and config.head_lr_mult != 1:
+        raise ValueError(f"{origin}: head_lr_mult is for optimizer: sgd")
     return config
 
 

@@ -7,7 +7,6 @@ and loss also work with `model.fit` for users who prefer it (see the README and 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -20,7 +19,7 @@ from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.folder import undecodable_images
-from keras_pspnet.data.info import DatasetInfo
+from keras_pspnet.data.info import DatasetInfo, augment_config
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
@@ -203,7 +202,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         optimizer = make_optimizer(config, model, counter)
         optimizer.build(model.trainable_variables)
-    augment = dataclasses.replace(info.augment, **config.augment)
+    augment = augment_config(info.augment, config.augment)
     if out.chief:  # only once the config has proved valid: a refused config must not block its correction
         save_config(config, out("config.yaml"))
     if init is not None and not resuming:

@@ -7,8 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_pspnet.data import CONTEXT_INFO, AugmentConfig, augment, load_source, train_pipeline
-from keras_pspnet.data.augment import gaussian_blur
+from keras_pspnet.data import CONTEXT_INFO, AugmentConfig, load_source, train_pipeline
 from keras_pspnet.data.context import context_scene
 from keras_pspnet.data.info import default_colors
 
@@ -35,48 +34,6 @@ def test_boats_and_cars_look_the_same_inside():
         np.testing.assert_array_equal(car["mask"] == 3, inside)
         np.testing.assert_array_equal(boat["image"][inside], car["image"][inside])  # pixel for pixel
         assert not np.array_equal(boat["image"][~inside], car["image"][~inside])
-
-
-def palette_image(mask):
-    colors = np.array(default_colors(256), np.float32)
-    return colors[mask]
-
-
-def test_augmentation_keeps_image_and_mask_aligned():
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(0, 6, (10, 14)).astype(np.uint8)
-    mask = np.kron(blocks, np.ones((24, 24), np.uint8))  # 240x336, 24-pixel blocks
-    example = {"image": tf.constant(palette_image(mask).astype(np.uint8)), "mask": tf.constant(mask)}
-    colors = np.array(default_colors(6), np.float32)
-    config = AugmentConfig(blur=False)
-    for i in range(8):
-        image, out = augment(example, tf.constant([3, i], tf.int64), (200, 200), config, MEAN)
-        image, out = image.numpy(), out.numpy()
-        labelled = out != 255
-        nearest = np.argmin(((image[..., None, :] - colors) ** 2).sum(-1), axis=-1)
-        assert labelled.mean() > 0.2
-        assert (nearest[labelled] == out[labelled]).mean() > 0.97  # disagreement only at block borders
-
-
-def test_padding_fills_image_with_mean_and_mask_with_ignore():
-    example = {"image": tf.fill([50, 40, 3], tf.constant(200, tf.uint8)), "mask": tf.zeros([50, 40], tf.uint8)}
-    config = AugmentConfig(scale=(1.0, 1.0), rotate=0.0, blur=False, flip=False)
-    image, mask = augment(example, tf.constant([0, 0], tf.int64), (64, 64), config, MEAN)
-    image, mask = image.numpy(), mask.numpy()
-    assert (mask == 0).sum() == 50 * 40 and (mask == 255).sum() == 64 * 64 - 50 * 40
-    np.testing.assert_allclose(image[mask == 255], np.broadcast_to(MEAN, image[mask == 255].shape), atol=1e-4)
-    np.testing.assert_allclose(image[mask == 0], 200.0)
-
-
-def test_gaussian_blur_matches_numpy_reference(rng):
-    image = rng.uniform(0, 255, (9, 11, 3)).astype(np.float32)
-    x = np.arange(5) - 2.0
-    kernel = np.exp(-(x**2) / (2 * 1.1**2))
-    kernel /= kernel.sum()
-    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")  # OpenCV's default border
-    rows = sum(kernel[i] * padded[i : i + 9] for i in range(5))
-    expected = sum(kernel[j] * rows[:, j : j + 11] for j in range(5))
-    np.testing.assert_allclose(gaussian_blur(tf.constant(image)).numpy(), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_train_pipeline_batches():

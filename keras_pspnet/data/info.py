@@ -6,25 +6,101 @@ import dataclasses
 
 from keras_pspnet.losses import IGNORE_LABEL
 
+RECIPE_NAMES = ("semseg", "mmseg")
+PAD_MODES = ("center", "bottom_right")
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Paper defaults: scale 0.5-2.0, rotation -10..10 degrees, Gaussian blur, mirror, crop/pad."""
+    """The training augmentation (keras_pspnet.data.augment): plain typed fields, so YAML values convert generically.
 
-    scale: tuple[float, float] = (0.5, 2.0)
-    rotate: float = 10.0  # degrees; 0 disables
-    blur: bool = True  # 5x5 Gaussian (sigma 1.1, as OpenCV for that kernel) with probability 0.5
-    flip: bool = True
+    The defaults are the authors' recipe ("semseg", hszhao/semseg); RECIPES holds it and mmsegmentation's; a run's
+    config comes from `augment_config(dataset_defaults, yaml_augment_mapping)`.
+    """
+
+    # Resize convention and pixel type: "semseg" = cv2.resize(fx=fy=factor) of a float32 image (RandScale);
+    # "mmseg" = mmcv.imrescale to base_scale * ratio of a uint8 image (RandomResize, keep_ratio=True).
+    recipe: str = "semseg"
+    scale: tuple[float, float] = (0.5, 2.0)  # "semseg": the scale factor's range; "mmseg": ratio_range
+    base_scale: tuple[float, float] = (2048.0, 512.0)  # "mmseg" only: RandomResize's scale (long, short edge)
+    rotate: float = 10.0  # degrees: angle uniform in [-rotate, rotate]; 0 disables
+    rotate_prob: float = 0.5  # RandRotate's p
+    blur: bool = True  # cv2.GaussianBlur (5, 5) with probability 0.5 (RandomGaussianBlur)
+    flip: bool = True  # horizontal flip with probability 0.5
+    pad: str = "center"  # "center": pad to the crop, then crop (semseg's Crop); "bottom_right": crop, then pad (mmseg)
+    cat_max_ratio: float = 1.0  # RandomCrop: re-draw a crop whose largest class covers >= this share; 1.0 = off
+    photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue; each p 0.5)
+
+    def __post_init__(self):
+        def fail(field, message):
+            raise ValueError(f"augment.{field}: {message}, got {getattr(self, field)!r}")
+
+        for field in ("scale", "base_scale"):
+            try:
+                low, high = (float(v) for v in getattr(self, field))
+            except (TypeError, ValueError):
+                fail(field, "expected two numbers")
+            if min(low, high) <= 0 or (field == "scale" and low > high):
+                fail(field, "expected two positive numbers" + (", the first <= the second" if field == "scale" else ""))
+            object.__setattr__(self, field, (low, high))
+        for field in ("rotate", "rotate_prob", "cat_max_ratio"):
+            object.__setattr__(self, field, float(getattr(self, field)))
+        if self.recipe not in RECIPE_NAMES:
+            fail("recipe", f"expected one of {list(RECIPE_NAMES)}")
+        if self.pad not in PAD_MODES:
+            fail("pad", f"expected one of {list(PAD_MODES)}")
+        if self.rotate < 0:
+            fail("rotate", "expected degrees >= 0")
+        if not 0 <= self.rotate_prob <= 1:
+            fail("rotate_prob", "expected a probability in [0, 1]")
+        if not 0 < self.cat_max_ratio <= 1:
+            fail("cat_max_ratio", "expected a share in (0, 1]")
+
+
+RECIPES = {
+    # hszhao/semseg tool/train.py train_transform (util/transform.py): RandScale([0.5, 2.0]),
+    # RandRotate([-10, 10], p=0.5), RandomGaussianBlur(), RandomHorizontalFlip(), Crop(crop_type='rand',
+    # padding=mean). The same list for ADE20K, VOC2012 and Cityscapes (config/*/*.yaml: scale 0.5-2.0,
+    # rotate -10..10 in all three).
+    "semseg": AugmentConfig(),
+    # mmsegmentation 1.2.2 configs/_base_/datasets/{ade20k,pascal_voc12,cityscapes}.py: RandomResize(scale,
+    # ratio_range=(0.5, 2.0), keep_ratio=True), RandomCrop(crop_size, cat_max_ratio=0.75), RandomFlip(prob=0.5),
+    # PhotoMetricDistortion(); SegDataPreProcessor(size=crop_size) pads bottom/right (0 after normalisation = the
+    # mean colour; 255 in the mask). base_scale: (2048, 512) for ADE20K and VOC, (2048, 1024) for Cityscapes.
+    "mmseg": AugmentConfig(recipe="mmseg", rotate=0.0, blur=False, pad="bottom_right", cat_max_ratio=0.75,
+                           photometric=True),
+}
+
+
+def augment_config(defaults: AugmentConfig | None, overrides: dict | None = None) -> AugmentConfig:
+    """A training run's augmentation: the YAML `augment:` mapping `overrides` applied to the dataset's `defaults`
+    (DatasetInfo.augment; None: AugmentConfig()).
+
+    `recipe: semseg|mmseg` in `overrides` starts from that recipe instead of `defaults` (keeping the dataset's
+    base_scale, mmseg's per-dataset RandomResize scale); the other keys override single fields.
+    """
+    defaults = AugmentConfig() if defaults is None else defaults
+    overrides = dict(overrides or {})
+    fields = {field.name for field in dataclasses.fields(AugmentConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"augment: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    base = defaults
+    if "recipe" in overrides:
+        if overrides["recipe"] not in RECIPES:
+            raise ValueError(f"augment.recipe: expected one of {list(RECIPES)}, got {overrides['recipe']!r}")
+        base = dataclasses.replace(RECIPES[overrides["recipe"]], base_scale=defaults.base_scale)
+    return dataclasses.replace(base, **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Class names and colours of a dataset, and the paper's augmentation defaults for it."""
+    """Class names and colours of a dataset, and its training augmentation defaults."""
 
     name: str
     class_names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
-    augment: AugmentConfig = AugmentConfig()  # the paper rotates and blurs on ADE20K and VOC, not Cityscapes
+    augment: AugmentConfig = AugmentConfig()  # the authors' recipe (RECIPES["semseg"])
     ignore_label: int = IGNORE_LABEL
 
     @property

@@ -89,8 +89,11 @@ TFDS_SOURCES = {
     ),
     "cityscapes/semantic_segmentation": (
         lambda e: {"image": e["image_left"], "mask": _cityscapes_ids(e["segmentation_label"][..., 0])},
+        # The authors' recipe, rotation and blur included: hszhao/semseg tool/train.py applies one transform list to
+        # every dataset and config/cityscapes/*.yaml sets rotate -10..10. base_scale: mmseg's RandomResize scale
+        # for Cityscapes (configs/_base_/datasets/cityscapes.py), used by `recipe: mmseg`.
         DatasetInfo("cityscapes", tuple(n for n, _ in CITYSCAPES_CLASSES), tuple(c for _, c in CITYSCAPES_CLASSES),
-                    AugmentConfig(rotate=0.0, blur=False)),
+                    AugmentConfig(base_scale=(2048.0, 1024.0))),
     ),
     "oxford_iiit_pet": (
         lambda e: {"image": e["image"], "mask": _pet_trimap(e["segmentation_mask"][..., 0])},
