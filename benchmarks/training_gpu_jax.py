@@ -3,9 +3,7 @@
     python benchmarks/training_gpu_jax.py [--size 713] [--batch 8] [--steps 20] [--depth 50] [--classes 150]
                                           [--frameworks jax,torch,torch_cl]
 
-No TensorFlow: the JAX side sets KERAS_BACKEND=jax and imports only keras_pspnet's model, loss and optimizer
-modules (the package's __init__ reaches TensorFlow through keras_pspnet.convert -> keras_pspnet.data, so it is
-bypassed, see `import_without_package_init`).
+No TensorFlow: the JAX side sets KERAS_BACKEND=jax, and keras_pspnet imports without it (checked below).
 
 Both sides train PSPNet-R{depth}-D8 (mmsegmentation's structure, ResNetV1c, auxiliary head on stage 3, train
 mode: BN batch statistics, dropout) on one synthetic batch held on the GPU, with SGD (momentum 0.9, weight
@@ -32,20 +30,10 @@ import os
 import subprocess
 import sys
 import time
-import types
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 MARKER = "RESULT "
-
-
-def import_without_package_init():
-    """Registers an empty `keras_pspnet` package so that submodules import without keras_pspnet/__init__.py,
-    whose `from keras_pspnet.convert import ...` imports keras_pspnet.data, which imports tensorflow."""
-    package = types.ModuleType("keras_pspnet")
-    package.__path__ = [os.path.join(ROOT, "keras_pspnet")]
-    package.__version__ = "benchmark"
-    sys.modules.setdefault("keras_pspnet", package)
 
 
 def synthetic(np, batch, size, classes):
@@ -58,7 +46,6 @@ def synthetic(np, batch, size, classes):
 
 def run_jax(args) -> dict:
     os.environ["KERAS_BACKEND"] = "jax"
-    import_without_package_init()
     import jax
     import keras
     import numpy as np

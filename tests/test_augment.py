@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_pspnet.data import CONTEXT_INFO, AugmentConfig, augment, load_source, train_pipeline
+from keras_pspnet.data import CONTEXT_INFO, AugmentConfig, load_source, train_pipeline
 from keras_pspnet.data.augment import (
     _CROP,
     _RECROP,
     HSV_SIMD_PIXELS,
     _crop_offset,
     apply_params,
+    augment,
     crop_window,
     gaussian_blur,
     hsv_to_rgb,

@@ -198,7 +198,8 @@ np.save(sys.argv[1] + "/jax.npy", model.predict(np.load(sys.argv[1] + "/pixels.n
 
 
 def test_model_trained_on_two_replicas_loads_on_jax(tmp_path):
-    """Synchronised batch norm is a training setting: the saved model loads and predicts on any backend."""
+    """Synchronised batch norm is a training setting: the saved model loads and predicts on any backend, also
+    where TensorFlow is not installed."""
     pytest.importorskip("jax")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -206,8 +207,11 @@ def test_model_trained_on_two_replicas_loads_on_jax(tmp_path):
     trained = subprocess.run([sys.executable, "-c", SYNC_BN, str(run_dir), *TINY, "steps=2", "distribute=mirrored"],
                              capture_output=True, text=True, env=ENV, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    blocked = tmp_path / "without_tensorflow" / "tensorflow"  # as on a JAX-only machine
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('TensorFlow is not installed here')")
     loaded = subprocess.run([sys.executable, "-c", ON_JAX, str(run_dir)], capture_output=True, text=True,
-                            env={**ENV, "KERAS_BACKEND": "jax"}, timeout=600)
+                            env={**ENV, "KERAS_BACKEND": "jax", "PYTHONPATH": str(blocked.parent)}, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     expected = np.load(run_dir / "tf.npy")
     np.testing.assert_allclose(np.load(run_dir / "jax.npy"), expected, atol=1e-4 * np.abs(expected).max())

@@ -1,40 +1,21 @@
-"""Datasets as tf.data pipelines: sources (TFDS, folders, synthetic), augmentation, batching."""
+"""Datasets as tf.data pipelines: sources (TFDS, folders, synthetic), augmentation, batching.
 
-from __future__ import annotations
+The pipeline modules import TensorFlow (the data side runs TensorFlow ops whatever the Keras backend); this
+package and `classes`, `info` do not, so that a model and its class names load where only JAX or PyTorch is
+installed. The names below are therefore imported on first use.
+"""
 
-import os
+import importlib
 
-import tensorflow as tf
-
-from keras_pspnet.data.augment import augment
-from keras_pspnet.data.context import CONTEXT_INFO, DEFAULT_SIZE, context_source
-from keras_pspnet.data.folder import folder_source
-from keras_pspnet.data.info import IGNORE_LABEL, AugmentConfig, DatasetInfo
-from keras_pspnet.data.order import TrainingOrder
-from keras_pspnet.data.pipeline import eval_pipeline, train_pipeline
-from keras_pspnet.data.tfds_sources import TFDS_SOURCES, tfds_source
-
-DATASETS = ("context", *TFDS_SOURCES)
+_MODULES = {
+    "load_source": "sources", "DATASETS": "sources", "eval_pipeline": "pipeline",
+    "train_pipeline": "pipeline", "TrainingOrder": "order", "AugmentConfig": "info", "DatasetInfo": "info",
+    "IGNORE_LABEL": "info", "augment_config": "info", "CONTEXT_INFO": "classes",
+}
+__all__ = sorted(_MODULES)
 
 
-def load_source(dataset: str, split: str, *, data_dir: str | None = None, num_classes: int | None = None,
-                validate: bool = True, context_scenes: int | None = None, context_size: int | None = None,
-                order: TrainingOrder | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
-    """Image/mask pairs of `split` and the dataset's info.
-
-    `dataset`: "context" (synthetic), a TFDS name (scene_parse150, cityscapes/semantic_segmentation,
-    oxford_iiit_pet; read from `data_dir`, never downloaded) or the path of a folder dataset.
-    `order`: for training, an endless stream, reshuffled over the whole dataset every epoch and sharded
-    among workers (see `keras_pspnet.data.order`); None: every pair once, in a fixed order.
-    """
-    if dataset == "context":
-        return context_source(split, context_scenes, context_size or DEFAULT_SIZE, order), CONTEXT_INFO
-    if dataset in TFDS_SOURCES:
-        return tfds_source(dataset, split, data_dir, order)
-    if os.path.isdir(dataset):
-        return folder_source(dataset, split, num_classes, validate, order)
-    raise ValueError(f"Unknown dataset {dataset!r}: not a folder, and not one of {list(DATASETS)}.")
-
-
-__all__ = ["AugmentConfig", "CONTEXT_INFO", "DATASETS", "DatasetInfo", "IGNORE_LABEL", "augment", "eval_pipeline",
-           "load_source", "train_pipeline", "TrainingOrder"]
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)

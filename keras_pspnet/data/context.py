@@ -13,16 +13,9 @@ import math
 
 import tensorflow as tf
 
-from keras_pspnet.data.info import AugmentConfig, DatasetInfo
+from keras_pspnet.data.classes import CONTEXT_INFO  # noqa: F401 (the dataset's classes, defined with the others)
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
-CONTEXT_INFO = DatasetInfo(
-    name="context",
-    class_names=("water", "road", "boat", "car"),
-    colors=((40, 90, 200), (128, 128, 128), (230, 160, 40), (200, 40, 40)),
-    # Mirror only: zooming in would crop away the surroundings that decide the class.
-    augment=AugmentConfig(scale=(1.0, 1.0), rotate=0.0, blur=False, flip=True),
-)
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
 DEFAULT_SIZE = 288  # objects 70-92% of the side: their centres lie beyond a small FCN's effective receptive field
 DEFAULT_SIZES = {"train": 600, "validation": 100, "test": 100}

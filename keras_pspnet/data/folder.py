@@ -7,7 +7,6 @@ or simply ["sky", "road", ...].
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
+from keras_pspnet.data.classes import read_classes
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
@@ -60,26 +60,6 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
             raise ValueError(f"{mask_path}: mask values {bad.tolist()} are neither a class (0-{num_classes - 1}) "
                              f"nor {IGNORE_LABEL}")
     return values
-
-
-def read_classes(root: str, filename: str = "classes.json",
-                 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
-    """(names, colours) from ROOT/classes.json, None when there is none; colours default to the VOC map."""
-    path = os.path.join(root, filename)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            entries = json.load(f)
-        entries = entries["classes"] if isinstance(entries, dict) else entries
-        names = tuple(e if isinstance(e, str) else e["name"] for e in entries)
-        colors = [None if isinstance(e, str) else tuple(int(c) for c in e["color"]) for e in entries]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: cannot read class names and colours ({error})") from None
-    if not names:
-        raise ValueError(f"{path}: no classes")
-    fallback = default_colors(len(names))
-    return names, tuple(c or fallback[i] for i, c in enumerate(colors))
 
 
 def split_files(root: str, split: str) -> tuple[list[str], list[str]]:
