@@ -411,6 +411,21 @@ def test_mmseg_draws_probabilities_and_ranges():
     assert 256 <= short.min() < 280 and 1000 < short.max() <= 1024
 
 
+def test_draws_are_independent_within_and_across_samples():
+    """Every decision of every sample is its own coin: neighbouring samples (seeds one apart) share none."""
+    d = draws(SEMSEG)
+    coins = {key: d[key].astype(float) for key in ("rotate", "blur", "flip")}
+    values = {"angle": d["angle"], "scale": d["inv_scale"][:, 0]}
+    for lag in (0, 1, 2, 3):
+        for a in (*coins, *values):
+            for b in (*coins, *values):
+                if lag == 0 and a == b:
+                    continue
+                x = {**coins, **values}[a][: len(d["flip"]) - lag]
+                y = {**coins, **values}[b][lag:]
+                assert abs(np.corrcoef(x, y)[0, 1]) < 0.2, (a, b, lag)  # 400 pairs: |r| of independent ~0.05
+
+
 @pytest.mark.parametrize("config", [SEMSEG, MMSEG])
 def test_same_seed_same_sample(rng, config):
     example = {"image": tf.constant(make_image(rng, 50, 70)), "mask": tf.constant(make_labels(rng, 50, 70))}

@@ -118,4 +118,4 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
         capsys.readouterr().err
     assert miou["savedmodel"] == pytest.approx(miou["keras"], abs=1e-4)
     assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
-    assert 0 <= miou["keras"] - miou["int8"] < 0.05 and miou["keras"] > 0.5
+    assert abs(miou["keras"] - miou["int8"]) < 0.05 and miou["keras"] > 0.5  # int8 may land a hair above

@@ -133,7 +133,7 @@ def restored_counter(run_dir, policy=None):
         keras.config.set_dtype_policy(previous)
     tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=tf.Variable(-1.0), step=counter).restore(
         tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))).assert_existing_objects_matched()
-    return int(counter.numpy()), int(optimizer.iterations.numpy()), float(optimizer.learning_rate)
+    return int(counter.numpy()), int(optimizer.iterations.numpy()), float(optimizer.learning_rate), model
 
 
 @pytest.mark.parametrize("policy", [None, "mixed_float16", "mixed_bfloat16"])
@@ -157,7 +157,7 @@ def test_sigkill_resume_export(tmp_path, policy):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = int(re.search(r"resuming .* from step (\d+)", resumed.stdout).group(1))
     assert start == killed_at and start >= 10 and start % 5 == 0
-    counter, applied, rate = restored_counter(run_dir, policy)
+    counter, applied, rate, trained = restored_counter(run_dir, policy)
     assert counter == 30 and applied <= 30  # mixed_float16 does not apply steps whose gradients overflowed
     assert rate == pytest.approx(0.001, rel=1e-6)  # the poly schedule reached min_learning_rate at step 30
     assert "trained" in resumed.stdout
@@ -165,6 +165,8 @@ def test_sigkill_resume_export(tmp_path, policy):
     final = os.path.join(run_dir, "final.keras")
     model = keras.saving.load_model(final)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    trained = {v.path: v.numpy() for v in trained.weights}  # the last checkpoint: the state at step 30
+    assert all(np.array_equal(v.numpy(), trained[v.path]) for v in model.weights)  # the same weights, float32
     tflite = str(tmp_path / "model.tflite")
     exported = subprocess.run(pspnet("export", final, "--format", "tflite", "--input-size", "64x64", "--out", tflite),
                               env=ENV, capture_output=True, text=True, timeout=600)

@@ -50,7 +50,9 @@ _HSV_SECTORS = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], 
 
 
 def _uniform(seed, salt, low=0.0, high=1.0, dtype=tf.float32):
-    seed = tf.cast(seed, tf.int64) + tf.stack([tf.constant(0, tf.int64), tf.cast(salt, tf.int64)])
+    """Draw number `salt` of the sample with stateless seed `seed`. Folded in, not added: the seeds of
+    neighbouring samples differ by one, and (seed + salt) would repeat one sample's draws in the next."""
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), salt)
     return tf.random.stateless_uniform([], seed, minval=low, maxval=high, dtype=dtype)
 
 
