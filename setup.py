@@ -1,8 +1,13 @@
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in the package (converted-model cache names and checkpoints read it).
+VERSION = re.search(r'__version__ = "([^"]+)"', open("keras_pspnet/__init__.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="keras-pspnet",
-    version="0.2.0",
+    version=VERSION,
     description="PSPNet (Pyramid Scene Parsing Network) in Keras 3, from model.fit to TF Serving and TFLite",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

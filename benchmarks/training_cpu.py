@@ -73,7 +73,7 @@ def measure(name, config_source, batch, steps, pipeline_steps):
     strategy = tf.distribute.get_strategy()
     step = make_train_step(model, optimizer, training_loss(config, 255), strategy)
     iterator = iter(pipeline)
-    train_rate = images_per_second(lambda: float(step(iterator)), batch, steps)
+    train_rate = images_per_second(lambda: float(step(*next(iterator))), batch, steps)
     return name, config.crop_size, batch, train_rate, data_rate
 
 
@@ -116,7 +116,7 @@ def compare_with_pytorch(batch: int, crop: int, steps: int, classes: int = 150) 
         torch_optimizer.step()
         return loss.item()
 
-    variants = {"ours: Keras 3 / TF, make_train_step": lambda: float(step(iterator)),
+    variants = {"ours: Keras 3 / TF, make_train_step": lambda: float(step(*next(iterator))),
                 "PyTorch eager, mmseg structure": torch_step}
     times = {name: [] for name in variants}
     for run in variants.values():  # warm-up: tracing, first allocations

@@ -1,6 +1,6 @@
 """keras-pspnet: PSPNet (Zhao et al., CVPR 2017) in Keras 3, from model.fit to TF Serving and TFLite."""
 
-__version__ = "0.2.0"  # first: modules imported below read it
+__version__ = "0.3.0"  # first: modules imported below read it
 
 from keras_pspnet.convert import from_mmseg, from_semseg
 from keras_pspnet.flops import count_macs

@@ -33,9 +33,13 @@ class TrainConfig:
     min_learning_rate: float = 0.0  # where the poly schedule ends (mmsegmentation: 1e-4; authors' code: 0)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    weight_decay_mode: str = "coupled"  # sgd: coupled (PyTorch's, every reference) or decoupled (Keras'); adam: AdamW
+    weight_decay_mode: str | None = None  # sgd: coupled (PyTorch's, every reference; the default) or decoupled
+    # (Keras'); adam always decays decoupled (AdamW)
     head_lr_mult: float = 1.0  # learning-rate factor of the pyramid, head and aux head (authors' code: 10)
-    lr_power: float = 0.9  # poly schedule from learning_rate to min_learning_rate over `steps`
+    lr_power: float = 0.9  # poly schedule from learning_rate to min_learning_rate
+    # poly: reaches min_learning_rate after `steps` (authors' poly_learning_rate); poly_mmengine: after steps - 1
+    # (mmengine's PolyLR: total_iters = end - begin - 1)
+    lr_schedule: str = "poly"
     aux_weight: float = 0.4  # 0 trains without the auxiliary head
     avg_non_ignore: bool = True  # loss averaged over labelled pixels (authors' code) or all pixels (mmseg's default)
     augment: dict = dataclasses.field(default_factory=dict)  # overrides of the dataset's defaults
@@ -54,7 +58,8 @@ class TrainConfig:
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
-CHOICES = {"optimizer": ("sgd", "adam"), "weight_decay_mode": ("coupled", "decoupled"),
+CHOICES = {"optimizer": ("sgd", "adam"), "weight_decay_mode": (None, "coupled", "decoupled"),
+           "lr_schedule": ("poly", "poly_mmengine"),
            "distribute": ("auto", "none", "mirrored", "multi_worker"),
            "mixed_precision": (None, "mixed_float16", "mixed_bfloat16"), "eval_mode": ("whole", "slide"),
            "eval_protocol": (None, "semseg", "mmseg")}
@@ -106,17 +111,28 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     for key, choices in CHOICES.items():
         if getattr(config, key) not in choices:
             raise ValueError(f"{origin}: {key} must be one of {list(choices)}, got {getattr(config, key)!r}")
-    for key in ("batch_size", "steps", "checkpoint_every", "log_every", "crop_size"):
-        if min(getattr(config, key) if key == "crop_size" else [getattr(config, key)]) < 1:
-            raise ValueError(f"{origin}: {key} must be >= 1, got {getattr(config, key)}")
-    for key in ("learning_rate", "min_learning_rate", "weight_decay", "momentum", "head_lr_mult", "aux_weight"):
+    for key in ("batch_size", "steps", "checkpoint_every", "log_every", "crop_size", "num_classes", "eval_every",
+                "context_scenes", "context_size"):
+        value = getattr(config, key)
+        if value is not None and min(value if key == "crop_size" else [value]) < 1:
+            raise ValueError(f"{origin}: {key} must be >= 1, got {value}")
+    for key in ("learning_rate", "min_learning_rate", "weight_decay", "head_lr_mult", "aux_weight", "lr_power"):
         if getattr(config, key) < 0:
             raise ValueError(f"{origin}: {key} must be >= 0, got {getattr(config, key)}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"{origin}: momentum must be in [0, 1), got {config.momentum}")
+    if config.lr_schedule == "poly_mmengine" and config.steps < 2:
+        raise ValueError(f"{origin}: lr_schedule poly_mmengine needs steps >= 2")
+    try:  # the augmentation's own checks (ranges, recipe names), before anything runs
+        dataclasses.replace(AugmentConfig(), **config.augment)
+    except ValueError as error:
+        raise ValueError(f"{origin}: {error}") from None
     if config.min_learning_rate > config.learning_rate:
         raise ValueError(f"{origin}: min_learning_rate {config.min_learning_rate} is above learning_rate "
                          f"{config.learning_rate}")
-    if config.optimizer == "adam" and config.head_lr_mult != 1:
-        raise ValueError(f"{origin}: head_lr_mult is for optimizer: sgd")
+    if config.optimizer == "adam" and (config.head_lr_mult != 1 or config.weight_decay_mode is not None):
+        raise ValueError(f"{origin}: head_lr_mult and weight_decay_mode are for optimizer: sgd (adam decays "
+                         "decoupled, as AdamW)")
     return config
 
 

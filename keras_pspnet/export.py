@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 from keras_pspnet.predictors import METADATA_FILE
@@ -48,10 +49,6 @@ def _outputs(model, images, probabilities: bool) -> dict:
     if probabilities:
         result["probabilities"] = tf.nn.softmax(logits)
     return result
-
-
-def _decode(image_bytes):
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
 def _archive() -> keras.export.ExportArchive:
@@ -115,7 +112,7 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     archive.add_endpoint(
         "encoded",
-        lambda image_bytes: _outputs(model, tf.map_fn(_decode, image_bytes, fn_output_signature=tf.TensorSpec(
+        lambda image_bytes: _outputs(model, tf.map_fn(decode_rgb, image_bytes, fn_output_signature=tf.TensorSpec(
             [None, None, 3], tf.uint8)), probabilities),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.add_endpoint("logits", lambda images: {"logits": _logits(model, images)},

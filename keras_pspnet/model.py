@@ -173,7 +173,8 @@ def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | No
             num_classes: int | None = None, metadata: dict | None = None) -> keras.Model:
     """`model`'s architecture with fresh weights: the one place that changes a built model's settings.
 
-    Batch norms synchronised across replicas or not (a training-time setting); every layer with the `dtype`
+    Batch norms synchronised across replicas or not, with PyTorch's momentum (training settings, also for models
+    saved by older versions); every layer with the `dtype`
     policy (None: the current global policy, e.g. a mixed-precision run's); with `num_classes`, classifiers for
     that many classes; with `metadata`, a new `ClassLogits` output carrying it (also for models saved by
     keras-pspnet 0.1, whose output was a float32 Activation).
@@ -186,8 +187,8 @@ def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | No
             config["dtype"] = dtype
         if num_classes is not None and layer.name in CLASSIFIERS:
             config["filters"] = num_classes
-        if isinstance(layer, layers.BatchNormalization):
-            config["synchronized"] = sync_batchnorm
+        if isinstance(layer, layers.BatchNormalization):  # training settings: PyTorch's momentum, sync or not
+            config.update(synchronized=sync_batchnorm, momentum=BN_MOMENTUM)
         if metadata is not None and layer.name == "logits":
             return ClassLogits(metadata, name="logits")
         return layer.__class__.from_config(config)

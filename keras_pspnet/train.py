@@ -19,7 +19,7 @@ from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.folder import undecodable_images
-from keras_pspnet.data.info import DatasetInfo, augment_config
+from keras_pspnet.data.info import AugmentConfig, DatasetInfo, augment_config
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
@@ -66,6 +66,14 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
         raise ValueError(f"model: {error}") from None
 
 
+def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Poly from learning_rate to min_learning_rate; the rate of step k (from 1) is the schedule at k - 1, as
+    both references set it (the authors after each step for the next, mmengine before each step)."""
+    decay_steps = config.steps - 1 if config.lr_schedule == "poly_mmengine" else config.steps
+    return keras.optimizers.schedules.PolynomialDecay(config.learning_rate, decay_steps, config.min_learning_rate,
+                                                      power=config.lr_power)
+
+
 def make_optimizer(config: TrainConfig, model: keras.Model, step: tf.Variable | None = None,
                    ) -> keras.optimizers.Optimizer:
     """PyTorch's SGD (or Adam) with the poly schedule from learning_rate to min_learning_rate over the run.
@@ -74,11 +82,10 @@ def make_optimizer(config: TrainConfig, model: keras.Model, step: tf.Variable | 
     under mixed_float16 skips the steps whose loss-scaled gradients overflowed (the references' schedulers
     count every iteration).
     """
-    schedule = keras.optimizers.schedules.PolynomialDecay(config.learning_rate, config.steps,
-                                                          config.min_learning_rate, power=config.lr_power)
+    schedule = learning_rate_schedule(config)
     rate = schedule if step is None else (lambda: schedule(step))
     if config.optimizer == "sgd":
-        optimizer = SGD(rate, config.momentum, config.weight_decay, config.weight_decay_mode,
+        optimizer = SGD(rate, config.momentum, config.weight_decay, config.weight_decay_mode or "coupled",
                         head_lr_multipliers(model, config.head_lr_mult))
     else:
         optimizer = keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
@@ -100,8 +107,8 @@ def training_loss(config: TrainConfig, ignore_label: int):
 
 
 def make_train_step(model, optimizer, loss_fn, strategy, counter: tf.Variable | None = None):
-    """A compiled step: forward, loss, gradients, update on every replica, then `counter` + 1; returns the
-    global mean loss."""
+    """A compiled step on a (distributed) batch: forward, loss, gradients, update on every replica, then
+    `counter` + 1; returns the global mean loss."""
 
     def replica_step(images, masks):
         with tf.GradientTape() as tape:
@@ -112,13 +119,12 @@ def make_train_step(model, optimizer, loss_fn, strategy, counter: tf.Variable | 
         return loss
 
     @tf.function
-    def step(iterator):
-        images, masks = next(iterator)
+    def step(images, masks):
         per_replica = strategy.run(replica_step, args=(images, masks))
         # Each replica's loss is its share of the global mean (see SegmentationCrossEntropy).
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         if counter is not None:
-            with tf.control_dependencies([loss]):  # only after a complete step (a failed input must not count)
+            with tf.control_dependencies([loss]):
                 counter.assign_add(1)
         return loss
 
@@ -211,9 +217,11 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=best, step=counter)
     manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=2)
     if manager.latest_checkpoint:
+        if not any(name.startswith("step/") for name, _ in tf.train.list_variables(manager.latest_checkpoint)):
+            raise ValueError(f"{manager.latest_checkpoint}: written by keras-pspnet 0.2, whose optimizer kept another "
+                             "state (Keras' SGD); it cannot be resumed: start a new run directory (init_from its "
+                             "best.keras or final.keras keeps the weights)")
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if not int(counter.numpy()):  # written by keras-pspnet 0.2 or older, which counted with the optimizer
-            counter.assign(optimizer.iterations)
     start = int(counter.numpy())
     if start and verbose and out.chief:
         print(f"resuming {run_dir} from step {start} ({manager.latest_checkpoint})")
@@ -222,22 +230,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
 
     mean = model_mean(model).tolist()
 
-    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        """This worker's batches: its shard of every epoch, from where the last checkpoint left off."""
-        batch = context.get_per_replica_batch_size(config.batch_size)
-        order = TrainingOrder.from_input_context(context, config.seed, skip=start * batch * replicas
-                                                 // context.num_input_pipelines)
-        if config.cache:  # a small dataset kept decoded in memory: this worker's share, fully reshuffled each epoch
-            source, _ = load_source(config.dataset, config.train_split, num_classes=info.num_classes,
-                                    validate=False, **source_options)
-            source = source.shard(order.num_shards, order.shard)
-        else:
-            source, _ = load_source(config.dataset, config.train_split, num_classes=info.num_classes,
-                                    validate=False, order=order, **source_options)
-        return train_pipeline(source, info.name, config.crop_size, batch, augment, mean, seed=config.seed + order.shard,
-                              start=start, shuffle_buffer=CACHED_SHUFFLE if config.cache else 0, cache=config.cache)
-
-    iterator = iter(strategy.distribute_datasets_from_function(worker_dataset))
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda context: worker_dataset(config, info, augment, mean, start, replicas, context)))
     step_fn = make_train_step(model, optimizer, training_loss(config, info.ignore_label), strategy, counter)
     writer = tf.summary.create_file_writer(out("logs")) if out.chief else tf.summary.create_noop_writer()
     progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"],
@@ -262,16 +256,19 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
             print(f"\nstep {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} (best {100 * float(best.numpy()):.2f})")
 
     for step in range(start + 1, config.steps + 1):
-        try:
-            loss = float(step_fn(iterator))
-        except tf.errors.OpError as error:  # the input pipeline failed (a file that decodes badly, say)
-            if step - 1 > start and (step - 1) % config.checkpoint_every:
+        try:  # the batch is fetched apart from the step: an error here is the input's, never the model's
+            images, masks = next(iterator)
+        except tf.errors.OpError as error:  # a file that decodes badly, say
+            single_worker = getattr(strategy.extended, "_num_workers", 1) == 1  # saving is collective
+            if single_worker and step - 1 > start and (step - 1) % config.checkpoint_every:
                 manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
             raise _input_error(config, error) from None
+        logged = step % config.log_every == 0 or step == config.steps
+        rate = float(optimizer.learning_rate) if logged else None  # this step's rate (read before it counts)
+        loss = float(step_fn(images, masks))
         if not np.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss}; lower learning_rate or check the labels.")
-        if step % config.log_every == 0 or step == config.steps:
-            rate = float(optimizer.learning_rate)
+        if logged:
             with writer.as_default():
                 tf.summary.scalar("train/loss", loss, step=step)
                 tf.summary.scalar("train/learning_rate", rate, step=step)
@@ -288,6 +285,23 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         print(f"trained {config.steps - start} steps in {seconds:.0f} s ({images / seconds:.1f} images/s); "
               f"outputs in {run_dir}")
     return {"step": config.steps, "metrics": metrics, "final_model": out("final.keras")}
+
+
+def worker_dataset(config: TrainConfig, info: DatasetInfo, augment: AugmentConfig, mean: list[float], start: int,
+                   replicas: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """One worker's batches (of the per-replica size): its shard of every epoch, from where step `start` left off."""
+    batch = context.get_per_replica_batch_size(config.batch_size)
+    done = start * batch * replicas // context.num_input_pipelines  # the examples this worker has read already
+    order = TrainingOrder.from_input_context(context, config.seed, skip=done)
+    options = dict(num_classes=info.num_classes, validate=False, data_dir=config.data_dir,
+                   context_scenes=config.context_scenes, context_size=config.context_size)
+    if config.cache:  # a small dataset kept decoded in memory: this worker's share, fully reshuffled each epoch
+        source, _ = load_source(config.dataset, config.train_split, **options)
+        source = source.shard(order.num_shards, order.shard)
+    else:
+        source, _ = load_source(config.dataset, config.train_split, order=order, **options)
+    return train_pipeline(source, info.name, config.crop_size, batch, augment, mean, seed=config.seed + order.shard,
+                          offset=done, shuffle_buffer=CACHED_SHUFFLE if config.cache else 0, cache=config.cache)
 
 
 def _initialize(model: keras.Model, init: keras.Model, name: str, verbose: bool) -> None:

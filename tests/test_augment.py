@@ -522,3 +522,13 @@ def test_mmseg_recipe_runs_through_train_pipeline():
     assert masks.shape == (3, 64, 80) and masks.dtype == tf.uint8
     assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
     assert set(np.unique(masks)) <= {0, 1, 2, 3, 255}
+
+
+def test_unit_scale_keeps_the_pixels(rng):
+    """scale (1, 1) without rotation or blur (the context demo's mirror-only setting) crops the image as it is."""
+    image, labels = make_image(rng, 40, 56), make_labels(rng, 40, 56)
+    config = augment_config(None, {"scale": [1, 1], "rotate": 0, "blur": False, "flip": False})
+    out_image, out_mask = augment({"image": tf.constant(image), "mask": tf.constant(labels)},
+                                  tf.constant([4, 2], tf.int64), (40, 56), config, MEAN)
+    np.testing.assert_array_equal(out_image.numpy(), image.astype(np.float32))
+    np.testing.assert_array_equal(out_mask.numpy(), labels)

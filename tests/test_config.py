@@ -49,8 +49,11 @@ def test_shipped_configs_load_and_state_their_reference():
     # hszhao/semseg (tool/train.py and its configs) and mmsegmentation (schedules, datasets, pspnet_r50-d8).
     references = {"semseg": dict(weight_decay=1e-4, min_learning_rate=0.0, head_lr_mult=10.0, avg_non_ignore=True),
                   "mmseg": dict(weight_decay=5e-4, min_learning_rate=1e-4, head_lr_mult=1.0, avg_non_ignore=False)}
-    expected_steps = {"ade20k_pspnet_r50.yaml": 20210 // 16 * 100, "ade20k_pspnet_r101.yaml": 20210 // 16 * 100,
-                      "cityscapes_pspnet_r101.yaml": 2975 // 16 * 200, "voc2012_pspnet_r50.yaml": 10582 // 16 * 50,
+    def authors(images, epochs):  # 8 GPUs x 2: DistributedSampler pads to 8 equal shares, drop_last per GPU
+        return -(-images // 8) // 2 * epochs
+
+    expected_steps = {"ade20k_pspnet_r50.yaml": authors(20210, 100), "ade20k_pspnet_r101.yaml": authors(20210, 100),
+                      "cityscapes_pspnet_r101.yaml": authors(2975, 200), "voc2012_pspnet_r50.yaml": authors(10582, 50),
                       "ade20k_pspnet_r50_mmseg.yaml": 160000, "cityscapes_pspnet_r50_mmseg.yaml": 80000}
     for name, steps in expected_steps.items():
         config, path = configs[name], paths[names.index(name)]
@@ -61,6 +64,9 @@ def test_shipped_configs_load_and_state_their_reference():
         assert config.steps == steps and config.augment["recipe"] == reference and config.eval_protocol == reference
         assert (config.optimizer, config.learning_rate, config.momentum, config.lr_power, config.aux_weight,
                 config.weight_decay_mode) == ("sgd", 0.01, 0.9, 0.9, 0.4, "coupled")
+        # The authors upsample with align_corners=True; mmengine's PolyLR ends one step early.
+        assert config.model.get("align_corners", False) == (reference == "semseg")
+        assert config.lr_schedule == {"semseg": "poly", "mmseg": "poly_mmengine"}[reference]
 
 
 def test_values_take_their_field_type():
@@ -80,7 +86,11 @@ def test_values_take_their_field_type():
     ("augment.flip=2", "augment.flip: expected bool, got 2"),
     ("model=resnet", "model: expected a mapping"),
     ("min_learning_rate=0.1", "min_learning_rate 0.1 is above learning_rate 0.01"),
-    ("weight_decay_mode=l2", "weight_decay_mode must be one of ['coupled', 'decoupled']"),
+    ("weight_decay_mode=l2", "weight_decay_mode must be one of [None, 'coupled', 'decoupled']"),
+    ("momentum=1", "momentum must be in [0, 1), got 1.0"),
+    ("num_classes=0", "num_classes must be >= 1"),
+    ("augment.recipe=mmsegmentation", "augment.recipe: expected one of ['semseg', 'mmseg']"),
+    ("augment.rotate_prob=2", "augment.rotate_prob: expected a probability in [0, 1]"),
 ])
 def test_bad_values_are_refused_in_one_line(override, message):
     with pytest.raises(ValueError) as error:

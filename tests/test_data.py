@@ -150,3 +150,20 @@ def test_tfds_image_mask_size_mismatch_is_reported():
 
 def test_context_info():
     assert CONTEXT_INFO.class_names == ("water", "road", "boat", "car")
+
+
+def test_jpegs_decode_as_opencv_and_pil_decode_them(tmp_path, rng):
+    """The references read images with cv2.imread: our decoder gives their pixels (TF's default IDCT does not)."""
+    cv2 = pytest.importorskip("cv2")
+    from keras_pspnet.data.image import decode_rgb
+
+    path = str(tmp_path / "photo.jpg")
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path, quality=90)
+    data = tf.io.read_file(path)
+    reference = cv2.imread(path)[..., ::-1]
+    np.testing.assert_array_equal(decode_rgb(data).numpy(), reference)
+    np.testing.assert_array_equal(decode_rgb(data).numpy(), np.asarray(Image.open(path)))
+    assert (tf.io.decode_image(data, channels=3).numpy() != reference).any()  # why decode_rgb exists
+    png = str(tmp_path / "photo.png")
+    Image.fromarray(reference).save(png)
+    np.testing.assert_array_equal(decode_rgb(tf.io.read_file(png)).numpy(), reference)

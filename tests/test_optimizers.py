@@ -77,3 +77,23 @@ def test_config_round_trip_and_bad_arguments():
         SGD(weight_decay_mode="adamw")
     with pytest.raises(ValueError, match="momentum must be in"):
         SGD(momentum=1.5)
+
+
+@pytest.mark.parametrize("style", ["poly", "poly_mmengine"])
+def test_schedules_equal_the_references(style):
+    """The rate of every step: hszhao/semseg util.poly_learning_rate, set after each step for the next, and
+    mmengine's PolyLR (total_iters = end - begin - 1, its chained form), as mmsegmentation's schedules use it."""
+    from keras_pspnet.config import load_config
+    from keras_pspnet.train import learning_rate_schedule
+
+    steps, base, eta_min = 10, 0.01, 1e-4
+    config = load_config(None, [f"steps={steps}", f"lr_schedule={style}", f"min_learning_rate={eta_min}"])
+    ours = [float(learning_rate_schedule(config)(k)) for k in range(steps)]
+    if style == "poly":
+        expected = [base] + [(base - eta_min) * (1 - k / steps) ** POWER + eta_min for k in range(1, steps)]
+    else:
+        total, expected = steps - 1, [base]
+        for last_step in range(1, steps):
+            expected.append((expected[-1] - eta_min) * (1 - 1 / (total - last_step + 1)) ** POWER + eta_min)
+        assert expected[-1] == pytest.approx(eta_min)  # PolyLR is at eta_min on the last step already
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)

@@ -69,3 +69,29 @@ def test_tfds_training_order_shuffles_and_shards_files():
     assert shuffled and config.shuffle_seed == 7 and config.shuffle_reshuffle_each_iteration
     assert (config.input_context.num_input_pipelines, config.input_context.input_pipeline_id) == (2, 1)
     assert not evaluation  # evaluation reads in order
+
+
+def test_training_workers_read_disjoint_shards_and_resume_in_place(tmp_path):
+    """What `pspnet train` feeds each of 2 workers (1 replica each, global batch 4): between them every file once
+    per epoch; a run resumed at step 5 continues each worker's stream where it stopped."""
+    import tensorflow as tf
+
+    from keras_pspnet.config import load_config
+    from keras_pspnet.data.info import augment_config
+    from keras_pspnet.train import worker_dataset
+
+    root = numbered_folder(tmp_path, 100)
+    config = load_config(None, [f"dataset={root}", "num_classes=1", "crop_size=2", "batch_size=4", "seed=5",
+                                "augment={scale: [1, 1], rotate: 0, blur: false, flip: false}"])
+    source, info = load_source(root, "train", num_classes=1)
+    augment = augment_config(info.augment, config.augment)
+
+    def stream(worker, start, batches):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2)
+        dataset = worker_dataset(config, info, augment, [0.0, 0.0, 0.0], start, 2, context)
+        images = np.concatenate([b[0].numpy() for b in dataset.take(batches)])
+        return [int(round(i[0, 0, 0])) * 256 + int(round(i[0, 0, 1])) for i in images]
+
+    first = [stream(worker, 0, 25) for worker in range(2)]  # 25 batches of 2: one epoch of this worker's half
+    assert sorted(first[0] + first[1]) == list(range(100))
+    assert stream(1, 5, 5) == first[1][10:20]  # 5 steps x 2 examples already read

@@ -64,7 +64,7 @@ def loop(strategy):
     data = tf.data.Dataset.from_tensors((images, masks)).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(data))
     step = make_train_step(model, optimizer, training_loss(config, 255), strategy)
-    losses = [float(step(iterator)) for _ in range(2)]
+    losses = [float(step(*next(iterator))) for _ in range(2)]
     return model.get_weights(), losses
 
 def distance(a, b):  # relative, floored: conv biases before BN get ~zero gradients and stay ~zero
@@ -138,10 +138,10 @@ def restored_counter(run_dir, policy=None):
 
 @pytest.mark.parametrize("policy", [None, "mixed_float16", "mixed_bfloat16"])
 def test_sigkill_resume_export(tmp_path, policy):
-    """Train, SIGKILL, rerun the same command: it resumes at the checkpoint's step (the schedule too, also when
-    mixed_float16 skipped overflowing steps); the saved model is float32 and exports to TFLite."""
+    """Train, SIGKILL, rerun the same command: it resumes at the checkpoint's step; the saved model is float32
+    with the trained weights, and its SavedModel and TFLite exports give its output."""
     run_dir = str(tmp_path / "run")
-    overrides = TINY + ["steps=30", "checkpoint_every=5", "min_learning_rate=0.001"]
+    overrides = TINY + ["steps=100", "checkpoint_every=5", "min_learning_rate=0.001"]  # far from done at step 10
     overrides += [f"mixed_precision={policy}"] if policy else []
     args = pspnet("train", "--out", run_dir, *[a for s in overrides for a in ("--set", s)])
     process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -158,25 +158,30 @@ def test_sigkill_resume_export(tmp_path, policy):
     start = int(re.search(r"resuming .* from step (\d+)", resumed.stdout).group(1))
     assert start == killed_at and start >= 10 and start % 5 == 0
     counter, applied, rate, trained = restored_counter(run_dir, policy)
-    assert counter == 30 and applied <= 30  # mixed_float16 does not apply steps whose gradients overflowed
-    assert rate == pytest.approx(0.001, rel=1e-6)  # the poly schedule reached min_learning_rate at step 30
+    assert counter == 100 and applied <= 100  # mixed_float16 does not apply steps whose gradients overflowed
+    assert rate == pytest.approx(0.001, rel=1e-6)  # the poly schedule reached min_learning_rate at the end
     assert "trained" in resumed.stdout
 
     final = os.path.join(run_dir, "final.keras")
     model = keras.saving.load_model(final)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
-    trained = {v.path: v.numpy() for v in trained.weights}  # the last checkpoint: the state at step 30
+    trained = {v.path: v.numpy() for v in trained.weights}  # the last checkpoint: the state at the end
     assert all(np.array_equal(v.numpy(), trained[v.path]) for v in model.weights)  # the same weights, float32
     tflite = str(tmp_path / "model.tflite")
     exported = subprocess.run(pspnet("export", final, "--format", "tflite", "--input-size", "64x64", "--out", tflite),
                               env=ENV, capture_output=True, text=True, timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
+    saved = str(tmp_path / "serving")
+    exported = subprocess.run(pspnet("export", final, "--out", saved, "--warmup-size", "none"), env=ENV,
+                              capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
     from keras_pspnet.predictors import load_predictor
 
-    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")  # the .tflite takes uint8
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")  # exports take uint8
     expected = model.predict(pixels, verbose=0)
-    np.testing.assert_allclose(load_predictor(tflite).predict_on_batch(pixels), expected, atol=1e-4 * np.abs(
-        expected).max())
+    for path in (tflite, os.path.join(saved, "1")):
+        np.testing.assert_allclose(load_predictor(path).predict_on_batch(pixels), expected,
+                                   atol=1e-4 * np.abs(expected).max(), err_msg=path)
 
 
 SYNC_BN = """
@@ -302,3 +307,44 @@ def test_corrupt_image_mid_training_stops_with_one_line(tmp_path):
     resumed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"from step {checkpoints[-1]}" in resumed.stdout and os.path.exists(os.path.join(run_dir, "final.keras"))
+
+
+def test_skipped_float16_steps_still_advance_the_schedule():
+    """mixed_float16: a step whose loss-scaled gradients overflow is not applied, but it counts for the poly
+    schedule, as the references' schedulers count every iteration."""
+    import tensorflow as tf
+
+    from keras_pspnet import build_pspnet
+    from keras_pspnet.config import TrainConfig
+    from keras_pspnet.train import learning_rate_schedule, make_optimizer, make_train_step, training_loss
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        config = TrainConfig(steps=10, mixed_precision="mixed_float16", aux_weight=0.0)
+        model = build_pspnet(3, "resnet10", stages=3, base_width=4, head_channels=8, dropout=0.0)
+        counter = tf.Variable(0, dtype=tf.int64)
+        optimizer = make_optimizer(config, model, counter)
+        step = make_train_step(model, optimizer, training_loss(config, 255), tf.distribute.get_strategy(), counter)
+        masks = tf.zeros((2, 32, 32), tf.uint8)
+        before = [v.numpy() for v in model.trainable_variables]
+        step(tf.fill((2, 32, 32, 3), np.inf), masks)  # non-finite gradients: skipped
+        assert int(counter.numpy()) == 1 and int(optimizer.iterations.numpy()) == 0
+        assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
+        schedule = learning_rate_schedule(config)
+        assert float(optimizer.learning_rate) == pytest.approx(float(schedule(1)))  # the next step's rate
+        step(tf.fill((2, 32, 32, 3), 100.0), masks)
+        assert int(counter.numpy()) == 2 and int(optimizer.iterations.numpy()) == 1
+        assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_checkpoint_of_older_version_is_refused(tmp_path):
+    import tensorflow as tf
+
+    run_dir = tmp_path / "run"
+    old = tf.train.Checkpoint(best_miou=tf.Variable(-1.0), optimizer=tf.train.Checkpoint(iterations=tf.Variable(7)))
+    tf.train.CheckpointManager(old, str(run_dir / "checkpoints"), max_to_keep=2).save(checkpoint_number=7)
+    with pytest.raises(ValueError, match=r"ckpt-7: written by keras-pspnet 0.2, .* start a new run directory"):
+        train(load_config(None, TINY + ["steps=10"]), str(run_dir), verbose=False)

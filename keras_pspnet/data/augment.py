@@ -434,6 +434,8 @@ def apply_params(example: dict, params: dict, crop: Sequence[int], config: Augme
     f0, f1 = tf.maximum(c0 - margin, 0), tf.minimum(c1 + margin, size[1])
 
     def resized(a0, a1, b0, b1):
+        if config.recipe == "semseg" and config.scale == (1.0, 1.0):  # no resizing: the window as it is
+            return tf.cast(image[a0:a1, b0:b1], tf.float32)
         return resize_region(image, params["inv_scale"], a0, a1, b0, b1, fixed_point)
 
     rotate = config.rotate > 0 and config.rotate_prob > 0

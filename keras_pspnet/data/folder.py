@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from keras_pspnet.data.classes import read_classes
+from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
@@ -98,7 +99,7 @@ def folder_source(root: str, split: str, num_classes: int | None = None, validat
     info = DatasetInfo(os.path.basename(os.path.normpath(root)), names, colors)
 
     def load(image_path, mask_path):
-        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        image = decode_rgb(tf.io.read_file(image_path))
         mask = tf.numpy_function(read_mask, [mask_path], tf.uint8, stateful=False)
         mask.set_shape([None, None])
         return {"image": image, "mask": mask}
@@ -116,7 +117,7 @@ def undecodable_images(root: str, split: str) -> list[str]:
 
     def fails(path: str) -> bool:
         try:
-            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            decode_rgb(tf.io.read_file(path))
             return False
         except (tf.errors.OpError, ValueError):
             return True

@@ -18,26 +18,27 @@ def check_pair(example: dict, dataset_name: str) -> dict:
 
 
 def train_pipeline(source: tf.data.Dataset, name: str, crop: Sequence[int], batch_size: int, config: AugmentConfig,
-                   mean: Sequence[float], seed: int = 0, start: int = 0, shuffle_buffer: int = 0,
+                   mean: Sequence[float], seed: int = 0, offset: int = 0, shuffle_buffer: int = 0,
                    cache: bool = False) -> tf.data.Dataset:
     """Shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]) from an endless
     `source` in training order (`load_source(..., order=...)`); a finite source is repeated.
 
     `cache`: keep the decoded examples in memory (a small, finite source) and shuffle them in a buffer of
-    `shuffle_buffer`; `start` offsets the random stream (the step a resumed run starts from), so a resumed
-    run does not replay the augmentation of the first steps.
+    `shuffle_buffer`; `offset` (the examples this pipeline produced before a resumed run) continues the random
+    stream, so a resumed run does not replay the augmentation of the first steps. Samples are batched in
+    the source's order (a deterministic map), so the same run gives the same batches.
     """
     dataset = source.map(lambda e: check_pair(e, name), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache()
     if shuffle_buffer > 1:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed + offset, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
 
     def sample(index, example):
-        return augment(example, tf.stack([tf.constant(seed, tf.int64), index + start * batch_size]), crop, config, mean)
+        return augment(example, tf.stack([tf.constant(seed, tf.int64), index + offset]), crop, config, mean)
 
-    dataset = dataset.enumerate().map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.enumerate().map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

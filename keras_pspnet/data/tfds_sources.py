@@ -6,9 +6,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.data.classes import ADE20K_INFO, CITYSCAPES_INFO, PETS_INFO
+from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo
 from keras_pspnet.data.order import TrainingOrder
 
+TFDS_SHUFFLE_BUFFER = 256  # decoded examples mixed in training: a TFDS file's records come in order
 # Cityscapes label id -> train id (cityscapesScripts' labels.py); every other id is ignored.
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
@@ -31,7 +33,6 @@ def _ade20k(example):
 
 
 _cityscapes_ids = _lookup(CITYSCAPES_TRAIN_IDS)
-TFDS_SHUFFLE_BUFFER = 256
 _pet_trimap = _lookup({1: 1, 2: 0})  # 1 pet, 2 background, 3 border (ignored)
 
 TFDS_SOURCES = {
@@ -47,25 +48,32 @@ TFDS_SOURCES = {
 }
 
 
+TFDS_IMAGES = {"scene_parse150": "image", "cityscapes/semantic_segmentation": "image_left", "oxford_iiit_pet": "image"}
+
+
 def tfds_source(name: str, split: str, data_dir: str | None = None,
                 order: TrainingOrder | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Reads `name` from the user's TFDS data_dir (never downloads) and maps it to image/mask pairs.
 
     With `order`: endless, files shuffled every epoch with its seed and shared out among the workers by file
     (TFDS's own file shuffling and sharding; records within a file stay in order, hence the training
-    shuffle buffer of decoded examples here); `order.skip` is not applied (TFDS cannot skip without reading).
+    shuffle buffer of decoded examples here).
     """
     import tensorflow_datasets as tfds
 
     transform, info = TFDS_SOURCES[name]
+    image_key = TFDS_IMAGES[name]
     builder = tfds.builder(name, data_dir=data_dir)
     read_config = None
     if order is not None:
         context = tf.distribute.InputContext(order.num_shards, order.shard)
-        read_config = tfds.ReadConfig(shuffle_seed=order.seed, input_context=context,
+        # TFDS cannot skip without reading: a resumed run (order.skip) draws a new file order instead of
+        # replaying the first files of the run.
+        read_config = tfds.ReadConfig(shuffle_seed=order.seed + order.skip, input_context=context,
                                       shuffle_reshuffle_each_iteration=True)
     try:
-        dataset = builder.as_dataset(split=split, shuffle_files=order is not None, read_config=read_config)
+        dataset = builder.as_dataset(split=split, shuffle_files=order is not None, read_config=read_config,
+                                     decoders={image_key: tfds.decode.SkipDecoding()})
     except AssertionError:  # what TFDS raises for a dataset that was never built
         raise FileNotFoundError(
             f"{name}: not prepared in the TFDS data_dir {builder.data_dir}. Build it once with internet access: "
@@ -74,7 +82,13 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
         ) from None
     except ValueError as error:  # unknown split
         raise ValueError(f"{name}: {error}") from None
-    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def decoded(example):  # the bytes, decoded by our decoder (TFDS's own uses the fast JPEG IDCT)
+        if example[image_key].dtype == tf.string:  # (mock data in tests hands decoded images)
+            example = {**example, image_key: decode_rgb(example[image_key])}
+        return transform(example)
+
+    dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
     if order is not None:  # records come in runs from each file: mix a few hundred decoded examples
-        dataset = dataset.repeat().shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard)
+        dataset = dataset.repeat().shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard + order.skip)
     return dataset, info
