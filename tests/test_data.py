@@ -140,6 +140,27 @@ def test_folder_errors_name_the_file(tmp_path):
         load_source("nowhere", "train")
 
 
+def test_folder_16_bit_masks(tmp_path):
+    """A 16-bit mask PNG is read when its values fit 8 bits; one over 255 is refused, never wrapped (300 -> 44)."""
+    from keras_pspnet.data.folder import read_mask
+
+    root = write_folder(tmp_path, classes=["a", "b", "c"])
+    path = root / "train" / "masks" / "img0.png"
+    mask = np.asarray(Image.open(path)).astype(np.uint16)
+    Image.fromarray(mask).save(path)
+    assert Image.open(path).mode == "I;16"
+    source, _ = load_source(str(root), "train")
+    np.testing.assert_array_equal(next(iter(source))["mask"].numpy(), mask)
+    mask[3, 4] = 300
+    Image.fromarray(mask).save(path)
+    message = f"{path}: mask values up to 300 do not fit 8 bits; class indices are 0-254, 255 = ignore"
+    with pytest.raises(ValueError) as error:
+        load_source(str(root), "train")
+    assert str(error.value) == message
+    with pytest.raises(ValueError, match="up to 300 do not fit 8 bits"):
+        read_mask(str(path).encode())  # as the pipeline's tf.numpy_function calls it
+
+
 def test_tfds_image_mask_size_mismatch_is_reported():
     example = {"image": np.zeros((4, 5, 3), np.uint8), "annotation": np.zeros((6, 5, 3), np.uint8)}
     with mock_examples([example]):

@@ -119,3 +119,81 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     assert miou["savedmodel"] == pytest.approx(miou["keras"], abs=1e-4)
     assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
     assert abs(miou["keras"] - miou["int8"]) < 0.05 and miou["keras"] > 0.5  # int8 may land a hair above
+
+
+class ChannelPredictor:
+    """A stand-in model for fast tests: the logits of class c are the image's channel c (a 4th class never wins)."""
+
+    mean, num_classes, input_size, align_corners, metadata = np.zeros(3, np.float32), 4, None, False, {}
+
+    def predict_on_batch(self, images):
+        return np.concatenate([images, np.full(images.shape[:-1] + (1,), -1.0, np.float32)], axis=-1)
+
+
+def test_same_stems_in_different_folders_get_mirrored_outputs(tmp_path, capsys):
+    from keras_pspnet.inference import predict_scores
+    from keras_pspnet.predict import predict_files, read_image
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for folder in ("a", "b/c"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        paths.append(str(tmp_path / "in" / folder / "0001.png"))
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(paths[-1])
+    out = tmp_path / "out"
+    predictor, info = ChannelPredictor(), CLASS_SETS["context"]
+    assert predict_files(predictor, paths, str(out), info) == []
+    labels = []
+    for path, mirrored in zip(paths, ("a/0001", "b/c/0001")):
+        for kind in ("label", "color", "overlay"):
+            assert os.path.isfile(out / f"{mirrored}_{kind}.png")
+        labels.append(np.asarray(Image.open(out / f"{mirrored}_label.png")))
+        np.testing.assert_array_equal(labels[-1], predict_scores(predictor, read_image(path)).argmax(-1))
+    assert not np.array_equal(*labels) and not os.path.exists(out / "0001_label.png")
+    assert predict_files(predictor, paths, str(out), info) == paths  # an earlier run's outputs: refused, by name
+    assert f"{out / 'a' / '0001_label.png'}: already exists" in capsys.readouterr().err
+    assert predict_files(predictor, paths, str(out), info, force=True) == []
+    assert predict_files(predictor, paths[:1], str(out), info) == []  # stems that do not collide: flat names
+    assert os.path.isfile(out / "0001_label.png")
+
+
+@pytest.mark.parametrize("kind", ["gray16", "rgb16", "gray8", "rgb8", "rgba8", "palette8"])
+def test_read_image_decodes_as_training(tmp_path, kind):
+    """predict reads pixels as training's decode_rgb does; a 16-bit PNG keeps each value's high byte (PIL's
+    convert("RGB") would clip 16-bit grey at 255); 8-bit files give what PIL gives."""
+    import tensorflow as tf
+
+    from keras_pspnet.data.image import decode_rgb
+    from keras_pspnet.predict import read_image
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / f"{kind}.png")
+    if kind == "rgb16":
+        pixels = rng.integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+        tf.io.write_file(path, tf.io.encode_png(pixels))
+    else:
+        pixels = rng.integers(0, 65536, (6, 7)).astype(np.uint16) if kind == "gray16" else \
+            rng.integers(0, 256, {"gray8": (6, 7), "rgb8": (6, 7, 3), "rgba8": (6, 7, 4), "palette8": (6, 7)}[kind])
+        image = Image.fromarray(pixels if kind == "gray16" else pixels.astype(np.uint8))
+        if kind == "palette8":
+            image = image.convert("P")
+        image.save(path)
+    expected = decode_rgb(tf.io.read_file(path)).numpy()
+    np.testing.assert_array_equal(read_image(path), expected)
+    if kind.endswith("16"):
+        high_bytes = np.broadcast_to(pixels[..., None] if kind == "gray16" else pixels, expected.shape) >> 8
+        np.testing.assert_array_equal(expected, high_bytes)
+    else:
+        np.testing.assert_array_equal(expected, np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    from keras_pspnet.predict import read_image
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/none.png: no such file"):
+        read_image(str(tmp_path / "none.png"))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=f"{tmp_path}/notes.png: not an image"):
+        read_image(str(tmp_path / "notes.png"))
+    with pytest.raises(ValueError, match=f"{tmp_path}: not an image"):
+        read_image(str(tmp_path))

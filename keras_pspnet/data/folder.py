@@ -29,7 +29,12 @@ def read_mask(path) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode not in ("L", "P", "1", "I", "I;16"):
             raise ValueError(f"{path}: mask is {image.mode}; masks hold class indices (grayscale or palette PNG).")
-        return np.asarray(image).astype(np.uint8)
+        mask = np.asarray(image)
+    if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 255):  # 16/32-bit: uint8 would wrap
+        extreme = f"down to {mask.min()}" if mask.min() < 0 else f"up to {mask.max()}"
+        raise ValueError(f"{path}: mask values {extreme} do not fit 8 bits; class indices are 0-254, "
+                         f"{IGNORE_LABEL} = ignore")
+    return mask.astype(np.uint8)
 
 
 def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.ndarray:
