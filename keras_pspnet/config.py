@@ -98,7 +98,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {unknown}; valid keys: {sorted(FIELDS)}")
-    from keras_pspnet.data.info import AugmentConfig
+    from keras_pspnet.data.info import AugmentConfig, augment_config
 
     values = {key: convert(value, FIELD_TYPES[key], f"{origin}: {key}") for key, value in values.items()}
     augment_types = typing.get_type_hints(AugmentConfig)
@@ -124,7 +124,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     if config.lr_schedule == "poly_mmengine" and config.steps < 2:
         raise ValueError(f"{origin}: lr_schedule poly_mmengine needs steps >= 2")
     try:  # the augmentation's own checks (ranges, recipe names), before anything runs
-        dataclasses.replace(AugmentConfig(), **config.augment)
+        augment_config(None, config.augment)
     except ValueError as error:
         raise ValueError(f"{origin}: {error}") from None
     if config.min_learning_rate > config.learning_rate:

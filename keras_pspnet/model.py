@@ -173,11 +173,11 @@ def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | No
             num_classes: int | None = None, metadata: dict | None = None) -> keras.Model:
     """`model`'s architecture with fresh weights: the one place that changes a built model's settings.
 
-    Batch norms synchronised across replicas or not, with PyTorch's momentum (training settings, also for models
-    saved by older versions); every layer with the `dtype`
-    policy (None: the current global policy, e.g. a mixed-precision run's); with `num_classes`, classifiers for
-    that many classes; with `metadata`, a new `ClassLogits` output carrying it (also for models saved by
-    keras-pspnet 0.1, whose output was a float32 Activation).
+    Batch norms synchronised across replicas or not, with PyTorch's momentum (training settings, also for
+    models saved by older versions); every layer with the `dtype` policy (None: the current global policy,
+    e.g. a mixed-precision run's); with `num_classes`, classifiers for that many classes; with `metadata`, a
+    new `ClassLogits` output carrying it (also for models saved by keras-pspnet 0.1, whose output was a float32
+    Activation).
     """
 
     def clone(layer):

@@ -41,7 +41,6 @@ class SGD(keras.optimizers.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)  # no base-class (decoupled) decay
         self.momentum = float(momentum)
         self.l2 = float(weight_decay)

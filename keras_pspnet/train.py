@@ -183,12 +183,10 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     check_run_directory(run_dir, config, resume)
     strategy = make_strategy(config.distribute)
     out = RunDirectory(run_dir, strategy)
-    source_options = dict(data_dir=config.data_dir, context_scenes=config.context_scenes,
-                          context_size=config.context_size)
-    _, info = load_source(config.dataset, config.train_split, num_classes=config.num_classes, **source_options)
+    _, info = _load_source(config, config.train_split, num_classes=config.num_classes)
     val_source = None
     if config.val_split:
-        val_source, _ = load_source(config.dataset, config.val_split, num_classes=info.num_classes, **source_options)
+        val_source, _ = _load_source(config, config.val_split, num_classes=info.num_classes)
     protocol = TestProtocol(mode=config.eval_mode, crop=config.crop_size)
     if config.eval_protocol:
         protocol = reference_protocol(config.eval_protocol, info.num_classes)
@@ -259,7 +257,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         try:  # the batch is fetched apart from the step: an error here is the input's, never the model's
             images, masks = next(iterator)
         except tf.errors.OpError as error:  # a file that decodes badly, say
-            single_worker = getattr(strategy.extended, "_num_workers", 1) == 1  # saving is collective
+            single_worker = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)  # saving is collective
             if single_worker and step - 1 > start and (step - 1) % config.checkpoint_every:
                 manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
             raise _input_error(config, error) from None
@@ -292,16 +290,20 @@ def worker_dataset(config: TrainConfig, info: DatasetInfo, augment: AugmentConfi
     """One worker's batches (of the per-replica size): its shard of every epoch, from where step `start` left off."""
     batch = context.get_per_replica_batch_size(config.batch_size)
     done = start * batch * replicas // context.num_input_pipelines  # the examples this worker has read already
-    order = TrainingOrder.from_input_context(context, config.seed, skip=done)
-    options = dict(num_classes=info.num_classes, validate=False, data_dir=config.data_dir,
-                   context_scenes=config.context_scenes, context_size=config.context_size)
-    if config.cache:  # a small dataset kept decoded in memory: this worker's share, fully reshuffled each epoch
-        source, _ = load_source(config.dataset, config.train_split, **options)
+    order = TrainingOrder(config.seed, context.num_input_pipelines, context.input_pipeline_id, done)
+    # cache: a small dataset kept decoded in memory, this worker's share of it, reshuffled whole each epoch
+    source, _ = _load_source(config, config.train_split, num_classes=info.num_classes, validate=False,
+                             order=None if config.cache else order)
+    if config.cache:
         source = source.shard(order.num_shards, order.shard)
-    else:
-        source, _ = load_source(config.dataset, config.train_split, order=order, **options)
     return train_pipeline(source, info.name, config.crop_size, batch, augment, mean, seed=config.seed + order.shard,
                           offset=done, shuffle_buffer=CACHED_SHUFFLE if config.cache else 0, cache=config.cache)
+
+
+def _load_source(config: TrainConfig, split: str, **options):
+    """`load_source` for `split` of the config's dataset, with the config's source settings."""
+    return load_source(config.dataset, split, data_dir=config.data_dir, context_scenes=config.context_scenes,
+                       context_size=config.context_size, **options)
 
 
 def _initialize(model: keras.Model, init: keras.Model, name: str, verbose: bool) -> None:

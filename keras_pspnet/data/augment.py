@@ -373,7 +373,7 @@ def sample_params(seed, mask, crop: Sequence[int], config: AugmentConfig) -> dic
     dtype = tf.float64  # Python's random and numpy draw doubles
     draw = _uniform(seed, _SCALE, config.scale[0], config.scale[1], dtype)
     size, inv_scale = resize_geometry(tf.shape(mask), draw, config)
-    rotate = config.rotate > 0 and config.rotate_prob > 0
+    rotate = config.rotates
     params = {
         "size": size, "inv_scale": inv_scale,
         # RandRotate: random.random() < p, then angle = rotate[0] + (rotate[1] - rotate[0]) * random.random()
@@ -438,7 +438,7 @@ def apply_params(example: dict, params: dict, crop: Sequence[int], config: Augme
             return tf.cast(image[a0:a1, b0:b1], tf.float32)
         return resize_region(image, params["inv_scale"], a0, a1, b0, b1, fixed_point)
 
-    rotate = config.rotate > 0 and config.rotate_prob > 0
+    rotate = config.rotates
     if rotate:
         def rotated():
             out = rotate_region(resized, params, e0, e1, f0, f1, fill)

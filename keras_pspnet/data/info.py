@@ -31,6 +31,11 @@ class AugmentConfig:
     cat_max_ratio: float = 1.0  # RandomCrop: re-draw a crop whose largest class covers >= this share; 1.0 = off
     photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue; each p 0.5)
 
+    @property
+    def rotates(self) -> bool:
+        """Whether any sample can be rotated."""
+        return self.rotate > 0 and self.rotate_prob > 0
+
     def __post_init__(self):
         def fail(field, message):
             raise ValueError(f"augment.{field}: {message}, got {getattr(self, field)!r}")

@@ -27,12 +27,6 @@ class TrainingOrder:
     shard: int = 0
     skip: int = 0
 
-    @classmethod
-    def from_input_context(cls, context: tf.distribute.InputContext | None, seed: int, skip: int = 0):
-        if context is None:
-            return cls(seed, skip=skip)
-        return cls(seed, context.num_input_pipelines, context.input_pipeline_id, skip)
-
 
 def epoch_indices(count: int, order: TrainingOrder) -> tf.data.Dataset:
     """Endless int64 indices in [0, count): this shard's part of a fresh permutation every epoch."""

@@ -25,30 +25,22 @@ def _lookup(mapping: dict[int, int]):
     return lambda labels: tf.gather(tf.constant(table), tf.cast(labels, tf.int32))
 
 
-def _ade20k(example):
+def _ade20k_mask(example):
     # 0 is "other" (ignored); classes 1..150 shift down by one. The annotation is 3-channel: class in channel 0.
     label = tf.cast(example["annotation"][..., 0], tf.int32)
-    mask = tf.where(label == 0, IGNORE_LABEL, label - 1)
-    return {"image": example["image"], "mask": tf.cast(mask, tf.uint8)}
+    return tf.cast(tf.where(label == 0, IGNORE_LABEL, label - 1), tf.uint8)
 
 
 _cityscapes_ids = _lookup(CITYSCAPES_TRAIN_IDS)
 _pet_trimap = _lookup({1: 1, 2: 0})  # 1 pet, 2 background, 3 border (ignored)
 
+# name: (the image feature, the mask from an example, the dataset's info)
 TFDS_SOURCES = {
-    "scene_parse150": (_ade20k, ADE20K_INFO),
+    "scene_parse150": ("image", _ade20k_mask, ADE20K_INFO),
     "cityscapes/semantic_segmentation": (
-        lambda e: {"image": e["image_left"], "mask": _cityscapes_ids(e["segmentation_label"][..., 0])},
-        CITYSCAPES_INFO,
-    ),
-    "oxford_iiit_pet": (
-        lambda e: {"image": e["image"], "mask": _pet_trimap(e["segmentation_mask"][..., 0])},
-        PETS_INFO,
-    ),
+        "image_left", lambda e: _cityscapes_ids(e["segmentation_label"][..., 0]), CITYSCAPES_INFO),
+    "oxford_iiit_pet": ("image", lambda e: _pet_trimap(e["segmentation_mask"][..., 0]), PETS_INFO),
 }
-
-
-TFDS_IMAGES = {"scene_parse150": "image", "cityscapes/semantic_segmentation": "image_left", "oxford_iiit_pet": "image"}
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None,
@@ -61,8 +53,7 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
     """
     import tensorflow_datasets as tfds
 
-    transform, info = TFDS_SOURCES[name]
-    image_key = TFDS_IMAGES[name]
+    image_key, mask_of, info = TFDS_SOURCES[name]
     builder = tfds.builder(name, data_dir=data_dir)
     read_config = None
     if order is not None:
@@ -83,12 +74,13 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
     except ValueError as error:  # unknown split
         raise ValueError(f"{name}: {error}") from None
 
-    def decoded(example):  # the bytes, decoded by our decoder (TFDS's own uses the fast JPEG IDCT)
-        if example[image_key].dtype == tf.string:  # (mock data in tests hands decoded images)
-            example = {**example, image_key: decode_rgb(example[image_key])}
-        return transform(example)
+    def pair(example):  # the image bytes decoded by our decoder (TFDS's own uses the fast JPEG IDCT)
+        image = example[image_key]
+        if image.dtype == tf.string:  # (mock data in tests hands decoded images)
+            image = decode_rgb(image)
+        return {"image": image, "mask": mask_of(example)}
 
-    dataset = dataset.map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
     if order is not None:  # records come in runs from each file: mix a few hundred decoded examples
         dataset = dataset.repeat().shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard + order.skip)
     return dataset, info
