@@ -1,29 +1,74 @@
-"""keras-pspnet: PSPNet (Zhao et al., CVPR 2017) in Keras 3, from model.fit to TF Serving and TFLite."""
+"""keras-pspnet: PSPNet (Zhao et al., CVPR 2017) in Keras 3, from model.fit to TF Serving and TFLite.
 
-__version__ = "0.3.0"  # first: modules imported below read it
+Importing the package is instant: its names are imported on first use (PEP 562), so `pspnet --help` and
+`pspnet presets` never load TensorFlow. Our Keras layers, loss and optimizer are registered with Keras as soon as
+both `keras_pspnet` and `keras` are imported, in either order, so `keras.saving.load_model` reads our models.
+"""
 
-from keras_pspnet.convert import from_mmseg, from_semseg
-from keras_pspnet.flops import count_macs
-from keras_pspnet.inference import fold_batch_norms, predict_scores
-from keras_pspnet.model import build_pspnet, inference_model, load_model, model_metadata
-from keras_pspnet.presets import PRESETS, from_preset, list_presets
-from keras_pspnet.protocol import TestProtocol
-from keras_pspnet.zoo import from_pretrained, list_pretrained
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS",
-    "TestProtocol",
-    "build_pspnet",
-    "count_macs",
-    "fold_batch_norms",
-    "from_mmseg",
-    "from_pretrained",
-    "from_preset",
-    "from_semseg",
-    "inference_model",
-    "list_presets",
-    "list_pretrained",
-    "load_model",
-    "model_metadata",
-    "predict_scores",
-]
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+__version__ = "0.3.0"
+
+_EXPORTS = {
+    "PRESETS": "presets", "list_presets": "presets", "from_preset": "presets",
+    "TestProtocol": "protocol",
+    "from_mmseg": "convert", "from_semseg": "convert",
+    "count_macs": "flops",
+    "fold_batch_norms": "inference", "predict_labels": "inference", "predict_scores": "inference",
+    "build_pspnet": "model", "inference_model": "model", "load_model": "model", "model_metadata": "model",
+    "from_pretrained": "zoo", "list_pretrained": "zoo",
+}
+__all__ = sorted(_EXPORTS)
+_SERIALIZABLE = ("keras_pspnet.layers", "keras_pspnet.losses", "keras_pspnet.optimizers")
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_pspnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"keras_pspnet.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+def _register_with_keras() -> None:
+    for module in _SERIALIZABLE:
+        importlib.import_module(module)
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """Imports our serializable classes right after `keras` is imported.
+
+    Keras' loader imports the module a saved class names only for its own packages (keras, keras_hub, ...), so
+    a class must be registered before `keras.saving.load_model`; importing Keras here would cost every
+    `import keras_pspnet` (and every `pspnet` command) TensorFlow's seconds of start-up.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):
+                exec_module(module)
+                _register_with_keras()
+
+            spec.loader.exec_module = exec_and_register
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_with_keras()
+else:
+    sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -150,7 +150,7 @@ def _evaluate(args) -> None:
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
     print(f"test protocol: {protocol.describe()}")
-    results = evaluate(predictor, source, info, protocol)
+    results = evaluate(predictor, source, info, protocol, max_side=args.max_side, window_batch=args.window_batch)
     print(format_table(results))
     published = _published(predictor.metadata, protocol)
     if published and results["mIoU"] is not None:
@@ -162,24 +162,9 @@ def _evaluate(args) -> None:
         print(f"wrote {args.json}")
 
 
-def _calibration_images(spec: str, split: str, count: int):
-    """Up to `count` uint8 images from a folder of images, or from a dataset (context, TFDS, folder dataset)."""
-    from keras_pspnet.data import load_source
-    from keras_pspnet.data.folder import IMAGE_SUFFIXES
-    from keras_pspnet.predict import read_image
-
-    if os.path.isdir(spec) and not os.path.isdir(os.path.join(spec, split)):
-        files = sorted(f for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))[:count]
-        if not files:
-            raise ValueError(f"{spec}: no .jpg or .png images to calibrate with")
-        return [read_image(os.path.join(spec, f)) for f in files]
-    source, _ = load_source(spec, split)
-    return [example["image"].numpy() for example in source.take(count)]
-
-
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
-    from keras_pspnet.export import export_saved_model, export_tflite
+    from keras_pspnet.export import calibration_images, export_saved_model, export_tflite
     from keras_pspnet.model import inference_model, load_model, model_metadata
 
     model = inference_model(load_model(args.model))
@@ -188,7 +173,8 @@ def _export(args) -> None:
         if args.quantize != "none" or args.input_size or args.calibration:
             raise ValueError("--quantize, --input-size and --calibration are for --format tflite")
         path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,
-                                  warmup_sizes=[_size(args.warmup_size)] if args.warmup_size != "none" else [])
+                                  warmup_sizes=[_size(size) for size in args.warmup_size.split(",")]
+                                  if args.warmup_size != "none" else [])
         print(f"{args.model} -> {path} (signatures serving_default, encoded, logits)")
         return
     if not args.input_size:
@@ -201,7 +187,8 @@ def _export(args) -> None:
                 os.remove(existing)
     calibration = None
     if args.quantize == "int8" and args.calibration:
-        calibration = _calibration_images(args.calibration, args.calibration_split, args.calibration_count)
+        calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
+                                         data_dir=args.data_dir)
     path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
                          calibration=calibration)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}) "
@@ -215,7 +202,8 @@ def _predict(args) -> int:
 
     predictor = load_predictor(args.model)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
-    failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force)
+    failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force,
+                           max_side=args.max_side, window_batch=args.window_batch)
     done = len(args.images) - len(failed)
     print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
     return 1 if failed else 0
@@ -258,17 +246,22 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stride", help="sliding-window stride HxW (default: 2/3 of the crop)")
     group.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="average with the mirrored image")
+    group.add_argument("--max-side", type=int, default=2048, help="whole-image mode on a larger (resized) image runs "
+                       "in windows of this side, bounding memory (default 2048: the published protocols stay whole)")
+    group.add_argument("--window-batch", type=int, help="windows per model call (default: about 2 megapixels)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet in Keras 3: pretrained models, training, "
                                      "evaluation, export.")
     commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)  # on every command that runs (argparse: not on their parents)
+    common.add_argument("--verbose", action="store_true", help="show TensorFlow's logs, and tracebacks on errors")
 
     convert = commands.add_parser("convert", help="import a checkpoint of another implementation (no torch needed)")
     sources = convert.add_subparsers(dest="source", required=True)
-    mmseg = sources.add_parser("mmseg", help="mmsegmentation PSPNet checkpoint (.pth)")
-    semseg = sources.add_parser("semseg", help="the PSPNet authors' checkpoint (hszhao/semseg, .pth)")
+    mmseg = sources.add_parser("mmseg", parents=[common], help="mmsegmentation PSPNet checkpoint (.pth)")
+    semseg = sources.add_parser("semseg", parents=[common], help="the PSPNet authors' checkpoint (hszhao/semseg, .pth)")
     for source in (mmseg, semseg):
         source.add_argument("checkpoint", help="the .pth file")
         source.add_argument("--out", required=True, help="the .keras file to write")
@@ -292,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrained = commands.add_parser("pretrained", help="published PSPNets: list them, or download and convert one")
     actions = pretrained.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="the registry with published mIoU and test protocols")
-    get = actions.add_parser("get", help="download (once), verify, convert (once) and optionally save a copy")
+    listing = actions.add_parser("list", parents=[common], help="the registry with published mIoU and test protocols")
+    get = actions.add_parser("get", parents=[common],
+                             help="download (once), verify, convert (once) and optionally save a copy")
     get.add_argument("name", help="a name of `pspnet pretrained list`")
     get.add_argument("--out", help="also save it here (a .keras file; with its auxiliary head, for fine-tuning)")
     get.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -301,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--cache-dir", help="instead of the Keras cache (~/.keras or $KERAS_HOME)")
         action.set_defaults(run=_pretrained)
 
-    train = commands.add_parser("train", help="train (or resume) a run from a YAML config")
+    train = commands.add_parser("train", parents=[common], help="train (or resume) a run from a YAML config")
     train.add_argument("--config", help="YAML config (keys: keras_pspnet.config.TrainConfig)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     train.add_argument("--out", help="run directory (default runs/<config name>)")
@@ -309,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a finished run or change an unfinished one's config")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("evaluate", help="mIoU and per-class IoU of a model on a dataset")
+    evaluate = commands.add_parser("evaluate", parents=[common], help="mIoU and per-class IoU of a model on a dataset")
     evaluate.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
     evaluate.add_argument("--data", required=True, help="context, a TFDS name or a folder dataset")
     evaluate.add_argument("--split", default="validation")
@@ -321,25 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--force", action="store_true", help="replace --json if it exists")
     evaluate.set_defaults(run=_evaluate)
 
-    export = commands.add_parser("export", help="SavedModel for TF Serving, or .tflite for phones")
+    export = commands.add_parser("export", parents=[common], help="SavedModel for TF Serving, or .tflite for phones")
     export.add_argument("model", help="a .keras model")
     export.add_argument("--out", required=True, help="TF Serving model directory (models/NAME) or FILE.tflite")
     export.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel")
     export.add_argument("--version", type=int, help="SavedModel version (default: the next free one; never replaced)")
     export.add_argument("--probabilities", action="store_true", help="SavedModel: also output probabilities")
-    export.add_argument("--warmup-size", default="473x473", help="SavedModel warmup request size HxW, or none")
+    export.add_argument("--warmup-size", default="473x473", help="SavedModel: the image sizes TF Serving warms up at "
+                        "load, HxW[,HxW...] (the sizes clients will send), or none")
     export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
     export.add_argument("--input-size", help="TFLite input size HxW")
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
     export.add_argument("--calibration-split", default="train")
-    export.add_argument("--calibration-count", type=int, default=64)
+    export.add_argument("--calibration-count", type=int, default=64, help="images drawn at random from it")
+    export.add_argument("--data-dir", help="TFDS data_dir of --calibration")
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
                         "classes.json (default: the model's own, else classes.json beside it)")
     export.add_argument("--force", action="store_true", help="TFLite: replace --out if it exists")
     export.set_defaults(run=_export)
 
-    predict = commands.add_parser("predict", help="label, colour and overlay PNGs for images")
+    predict = commands.add_parser("predict", parents=[common], help="label, colour and overlay PNGs for images")
     predict.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="output directory")
@@ -348,24 +344,68 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--force", action="store_true", help="replace existing outputs")
     predict.set_defaults(run=_predict)
 
-    demo = commands.add_parser("demo", help="the quick start: PSPNet vs the FCN baseline on the context dataset")
+    demo = commands.add_parser("demo", parents=[common],
+                               help="the quick start: PSPNet vs the FCN baseline on the context dataset")
     demo.add_argument("--out", default="runs/quickstart", help="output directory (finished runs are reused)")
     demo.add_argument("--config-dir", default="training/configs", help="where context_{pspnet,fcn}.yaml are")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of both configs")
     demo.add_argument("--test-scenes", type=int, default=100, help="held-out scenes to evaluate on")
     demo.set_defaults(run=_demo)
 
-    presets = commands.add_parser("presets", help="list the named model architectures (random weights)")
+    presets = commands.add_parser("presets", parents=[common],
+                                  help="list the named model architectures (random weights)")
     presets.set_defaults(run=_presets)
     return parser
 
 
+LIGHT_COMMANDS = ("presets",)  # answered without TensorFlow
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its logs hidden: TF_CPP_MIN_LOG_LEVEL=2 hides C++ INFO and WARNING lines, but the
+    oneDNN and CPU-feature lines are written before absl logging starts and ignore it, so stderr (file
+    descriptor 2, which C++ writes to) points at /dev/null during the import."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # reported with its message where a command needs it
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as one line: its message's first line, the type where the message alone says too little."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, (ValueError, OSError)) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose and args.command not in LIGHT_COMMANDS:
+        _import_tensorflow_quietly()
     try:
         return args.run(args) or 0
-    except (ValueError, OSError, ImportError) as error:
-        print(f"pspnet: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("pspnet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line, never a traceback from deep inside TensorFlow (--verbose shows it)
+        if args.verbose:
+            raise
+        print(f"pspnet: error: {_one_line(error)} (--verbose for details)"
+              if not isinstance(error, (ValueError, OSError, ImportError)) else f"pspnet: error: {_one_line(error)}",
+              file=sys.stderr)
         return 2
 
 

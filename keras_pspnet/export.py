@@ -16,6 +16,7 @@ from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 from keras_pspnet.predictors import METADATA_FILE
+from keras_pspnet.protocol import TestProtocol, own_protocol
 
 QUANTIZATIONS = ("none", "fp16", "int8")
 
@@ -51,6 +52,25 @@ def _outputs(model, images, probabilities: bool) -> dict:
     return result
 
 
+def decode_batch(image_bytes: tf.Tensor) -> tf.Tensor:
+    """uint8 [batch, height, width, 3] from a batch of encoded images (`decode_rgb` each), which must share a size:
+    else an InvalidArgumentError that says so (rather than TensorArray's "inconsistent shapes"). TF Serving's
+    batching merges requests into one such batch, so mixed sizes fail the merged requests alike."""
+
+    def decode(data):  # flat pixels and their shape: map_fn stacks them only after the sizes are checked
+        image = decode_rgb(data)
+        return tf.reshape(image, [-1]), tf.shape(image)
+
+    pixels, shapes = tf.map_fn(decode, image_bytes, fn_output_signature=(
+        tf.RaggedTensorSpec([None], tf.uint8, ragged_rank=0), tf.TensorSpec([3], tf.int32)))
+    same_size = tf.debugging.assert_equal(
+        shapes, tf.broadcast_to(shapes[:1], tf.shape(shapes)),
+        message="encoded: the images of one batch must share a size (send one image per request; with TF "
+                "Serving's batching, one size from all clients); their [height, width, 3] are")
+    with tf.control_dependencies([same_size]):
+        return tf.reshape(pixels.flat_values, tf.concat([[-1], shapes[0]], axis=0))
+
+
 def _archive() -> keras.export.ExportArchive:
     """An export archive whose endpoints track the variables they use.
 
@@ -67,25 +87,39 @@ def next_version(base_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _write_warmup(path: str, sizes: Sequence[tuple[int, int]]) -> None:
-    """assets.extra/tf_serving_warmup_requests: one PredictionLog per size and signature, run at model load."""
-    try:
-        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-    except ImportError:
-        raise ImportError("warmup requests need the TF Serving protos: pip install --no-deps tensorflow-serving-api "
-                          "(or export with --warmup-size none)") from None
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: key (number, wire type 2), varint length, payload."""
+    encoded = bytearray()
+    for value in (number << 3 | 2, len(payload)):
+        while value > 0x7F:
+            encoded.append(value & 0x7F | 0x80)
+            value >>= 7
+        encoded.append(value)
+    return bytes(encoded) + payload
 
+
+def warmup_record(signature: str, input_name: str, tensor: tf.Tensor) -> bytes:
+    """A serialized tensorflow.serving.PredictionLog holding a PredictRequest for `signature`.
+
+    Written field by field (PredictionLog.predict_log = 6, PredictLog.request = 1, PredictRequest.model_spec = 1
+    and inputs = 2, ModelSpec.signature_name = 3, map entries key = 1 and value = 2) so that export needs only
+    TensorFlow: the tensorflow-serving-api wheel depends on the full `tensorflow`, which clashes with
+    tensorflow-cpu. A test parses the records with the real protos.
+    """
+    model_spec = _field(3, signature.encode())
+    entry = _field(1, input_name.encode()) + _field(2, tf.make_tensor_proto(tensor).SerializeToString())
+    return _field(6, _field(1, _field(1, model_spec) + _field(2, entry)))
+
+
+def _write_warmup(path: str, sizes: Sequence[tuple[int, int]]) -> None:
+    """assets.extra/tf_serving_warmup_requests: per size, one request to each image signature, run at model load
+    (TF Serving then answers the first real request of those sizes without tracing or allocating)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for height, width in sizes:
             image = np.zeros((1, height, width, 3), np.uint8)
-            for signature, key, value in [("serving_default", "images", tf.make_tensor_proto(image)),
-                                          ("encoded", "image_bytes",
-                                           tf.make_tensor_proto([tf.io.encode_png(image[0]).numpy()]))]:
-                request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=signature))
-                request.inputs[key].CopyFrom(value)
-                log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-                writer.write(log.SerializeToString())
+            writer.write(warmup_record("serving_default", "images", image))
+            writer.write(warmup_record("encoded", "image_bytes", [tf.io.encode_png(image[0]).numpy()]))
 
 
 def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, version: int | None = None,
@@ -112,8 +146,7 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     archive.add_endpoint(
         "encoded",
-        lambda image_bytes: _outputs(model, tf.map_fn(decode_rgb, image_bytes, fn_output_signature=tf.TensorSpec(
-            [None, None, 3], tf.uint8)), probabilities),
+        lambda image_bytes: _outputs(model, decode_batch(image_bytes), probabilities),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.add_endpoint("logits", lambda images: {"logits": _logits(model, images)},
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
@@ -133,13 +166,55 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
     return target
 
 
+def calibration_images(spec: str, split: str = "train", count: int = 64, *, data_dir: str | None = None,
+                       seed: int = 0) -> list[np.ndarray]:
+    """`count` uint8 images drawn at random (seeded) from a folder of images or from a split of a dataset (context,
+    a TFDS name read from `data_dir`, a folder dataset), decoded as training decodes them.
+
+    Random rather than the first `count`: datasets are often sorted by scene or city, and int8 ranges calibrated
+    on one kind of scene clip the others.
+    """
+    import random
+
+    from keras_pspnet.data import load_source
+    from keras_pspnet.data.folder import IMAGE_SUFFIXES
+    from keras_pspnet.data.order import TrainingOrder
+    from keras_pspnet.predict import read_image
+
+    if os.path.isdir(spec) and not os.path.isdir(os.path.join(spec, split)):
+        files = sorted(f for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise ValueError(f"{spec}: no .jpg or .png images to calibrate with")
+        return [read_image(os.path.join(spec, f)) for f in random.Random(seed).sample(files, min(count, len(files)))]
+    source, _ = load_source(spec, split, data_dir=data_dir, validate=False, order=TrainingOrder(seed))
+    return [example["image"].numpy() for example in source.take(count)]
+
+
+def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestProtocol,
+                       mean: np.ndarray) -> np.ndarray:
+    """uint8 [height, width, 3]: `image` as a .tflite of input `size` sees it: resized as its test protocol resizes
+    at scale 1 (aspect ratio kept), then the centre window of `size`, padded with the mean colour where the image
+    is smaller (as sliding-window inference pads)."""
+    from keras_pspnet.inference import resize_array
+
+    height, width = size
+    image = resize_array(np.asarray(image, np.float32), protocol.scaled_size(*image.shape[:2], 1.0))
+    window = np.empty((height, width, 3), np.float32)
+    window[...] = mean
+    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+    crop = image[max(top, 0) : max(top, 0) + height, max(left, 0) : max(left, 0) + width]
+    window[max(-top, 0) : max(-top, 0) + crop.shape[0], max(-left, 0) : max(-left, 0) + crop.shape[1]] = crop
+    return window.round().clip(0, 255).astype(np.uint8)
+
+
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
                   quantize: str = "none", calibration: Iterable[np.ndarray] | None = None) -> str:
     """Writes a .tflite (builtin ops only) and <path without .tflite>.json beside it; returns the .tflite path.
 
     The model takes uint8 RGB [1, height, width, 3] and returns "logits" float32 [1, height, width, classes]
     and "class_map" int32 [1, height, width]. quantize: "none" (fp32), "fp16" (weights) or "int8" (full
-    integer: weights and activations, calibrated on `calibration`: uint8 images [height, width, 3]).
+    integer: weights and activations, calibrated on `calibration`: uint8 images [height, width, 3] of any size,
+    each turned into the window the model sees by `calibration_window`).
     An auxiliary head is dropped (`inference_model`).
     """
     model = inference_model(model)
@@ -167,8 +242,8 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
         elif quantize == "int8":
-            images = [np.asarray(tf.image.resize(image, (height, width)), np.float32).round().clip(0, 255)
-                      .astype(np.uint8)[None] for image in calibration]
+            protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
+            images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
             if not images:
                 raise ValueError("int8 quantization: the calibration data holds no images.")
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

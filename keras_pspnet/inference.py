@@ -63,20 +63,52 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     return folded
 
 
+MAX_SIDE = 1024  # whole-image inference at a photo's own size runs in windows of this side beyond it
+WINDOW_PIXELS = 2**21  # windows run in batches of about 2 megapixels (9 of 473x473, 4 of 713x713, 2 of 1024x1024)
+STRIP_VALUES = 2**23  # the result is assembled in row strips of about this many floats (32 MB)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, in place (the input is overwritten and returned)."""
+    logits -= logits.max(axis=-1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=-1, keepdims=True)
+    return logits
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
-    """Bilinear resize of an [H, W, C] float array (PyTorch / OpenCV semantics; no-op at the same size)."""
-    if tuple(array.shape[:2]) == tuple(size):
-        return array
-    import tensorflow as tf  # the data side runs TensorFlow ops whatever the Keras backend
+def _source_positions(out_size: int, in_size: int, start: int, stop: int, align_corners: bool):
+    """For output positions start..stop-1 of a bilinear resize: the two input indices and the weight of the second."""
+    position = np.arange(start, stop, dtype=np.float64)
+    if align_corners:
+        position *= (in_size - 1) / max(out_size - 1, 1)
+    else:  # half-pixel centres, clamped at the first pixel as PyTorch and TensorFlow do
+        position = np.maximum((position + 0.5) * (in_size / out_size) - 0.5, 0)
+    low = np.minimum(np.floor(position), in_size - 1).astype(np.int64)
+    return low, np.minimum(low + 1, in_size - 1), (position - low).astype(np.float32)
 
-    from keras_pspnet.layers.resize import resize_bilinear
 
-    return resize_bilinear(tf.constant(array[None], tf.float32), size, align_corners)[0].numpy()
+def resize_array(array: np.ndarray, size: tuple[int, int], align_corners: bool = False,
+            rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Bilinear resize of an [H, W, C] float array to `size` (PyTorch / OpenCV / TensorFlow semantics), or only
+    output rows `rows` = (start, stop) of it: a large result is made strip by strip, never whole.
+
+    NumPy rather than `tf.image.resize`: a strip of the output needs only the input rows under it, and the
+    interpolation order (columns, then rows) is TensorFlow's, so strips equal the whole to the last bit.
+    """
+    (height, width), (start, stop) = size, rows or (0, size[0])
+    if array.shape[:2] == (height, width):
+        return array[start:stop]
+    top, bottom, row_weight = _source_positions(height, array.shape[0], start, stop, align_corners)
+    left, right, col_weight = _source_positions(width, array.shape[1], 0, width, align_corners)
+    col_weight = col_weight[None, :, None]
+
+    def columns(source_rows):
+        picked = array[source_rows]
+        first = picked[:, left]
+        return first + (picked[:, right] - first) * col_weight
+
+    upper = columns(top)
+    return upper + (columns(bottom) - upper) * row_weight[:, None, None]
 
 
 def _windows(height: int, width: int, crop, stride):
@@ -88,52 +120,143 @@ def _windows(height: int, width: int, crop, stride):
             yield max(min(row * stride[0], height - crop[0]), 0), max(min(col * stride[1], width - crop[1]), 0)
 
 
-def _semseg_probabilities(predictor, image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
-    """tool/test.py's scale_process: mean padding to the window, per window softmax (and its mirror), averaged."""
+def _window_plan(protocol: TestProtocol, height: int, width: int, max_side: int):
+    """(crop, stride) of the windows an image of this size is run in: the protocol's; for whole-image inference at
+    the image's own size (no resize) beyond `max_side`, windows of that side; else one window. A protocol that
+    resizes (the published ones) is run as it is defined."""
+    if protocol.mode == "slide":
+        return protocol.crop, protocol.window_stride
+    if protocol.resize is None and max(height, width) > max_side:
+        crop = (min(height, max_side), min(width, max_side))
+        return crop, tuple(-(-2 * c // 3) for c in crop)
+    return (height, width), (height, width)
 
-    def net(window):  # net_process
-        probabilities = _softmax(np.asarray(predictor.predict_on_batch(window[None]), np.float32))[0]
-        if protocol.flip:
-            mirrored = _softmax(np.asarray(predictor.predict_on_batch(window[None, :, ::-1]), np.float32))[0]
-            probabilities = (probabilities + mirrored[:, ::-1]) / 2
-        return probabilities
 
-    if protocol.mode == "whole":
-        return net(image)
-    crop = protocol.crop
+def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, flip: bool,
+                  window_batch: int | None):
+    """The model's output averaged over windows of `image`, as (first row, rows [n, W, classes]) top to bottom.
+
+    Windows run `window_batch` at a time (default: about 2 megapixels, at most a row of windows), row by row;
+    sums are accumulated in place in a band of at most a window's height plus a stride, and rows are handed on
+    as soon as no later window covers them, so an image of any height never holds a [H, W, classes] array.
+    softmax: average window probabilities (the authors' net_process), else logits (mmseg's slide_inference).
+    flip: average each window's probabilities with its mirrored window's (the authors' net_process).
+    """
+    height, width = image.shape[:2]
+    crop = (min(crop[0], height), min(crop[1], width))
+    corners = list(_windows(height, width, crop, stride))
+    columns = sum(1 for y, _ in corners if y == 0)
+    per_batch = window_batch or max(1, min(WINDOW_PIXELS // (crop[0] * crop[1] * (2 if flip else 1)), columns))
+    base = 0  # the band holds rows base.. of the image
+    total = np.zeros((0, width, predictor.num_classes), np.float32)
+    count = np.zeros((0, width, 1), np.float32)
+    for first in range(0, len(corners), per_batch):
+        batch = corners[first : first + per_batch]
+        windows = np.stack([image[y : y + crop[0], x : x + crop[1]] for y, x in batch])
+        if flip:
+            windows = np.concatenate([windows, windows[:, :, ::-1]])
+        outputs = np.asarray(predictor.predict_on_batch(windows), np.float32)
+        if softmax:
+            outputs = _softmax(outputs)
+        if flip:
+            outputs = (outputs[: len(batch)] + outputs[len(batch) :, :, ::-1]) / 2
+        grow = batch[-1][0] + crop[0] - base - len(total)
+        if grow > 0:
+            total = np.concatenate([total, np.zeros((grow, *total.shape[1:]), np.float32)])
+            count = np.concatenate([count, np.zeros((grow, width, 1), np.float32)])
+        for (y, x), output in zip(batch, outputs):
+            total[y - base : y - base + crop[0], x : x + crop[1]] += output
+            count[y - base : y - base + crop[0], x : x + crop[1]] += 1
+        done = (corners[first + per_batch][0] if first + per_batch < len(corners) else height) - base
+        if done > 0:  # windows come in rows: no later window reaches above the next one's top
+            band = total[:done]
+            band /= count[:done]
+            yield base, band
+            total, count, base = total[done:].copy(), count[done:].copy(), base + done
+
+
+def _gather(bands, shape: tuple[int, ...]) -> np.ndarray:
+    """The whole array of (first row, rows) bands."""
+    result = np.empty(shape, np.float32)
+    for start, band in bands:
+        result[start : start + len(band)] = band
+    return result
+
+
+def _semseg_bands(predictor, image: np.ndarray, protocol: TestProtocol, max_side: int, window_batch: int | None):
+    """tool/test.py's scale_process: mean padding to the window, per window softmax (and its mirror), averaged;
+    as bands of rows (see `_window_bands`) of the unpadded image."""
+    crop, stride = _window_plan(protocol, *image.shape[:2], max_side)
     height, width = image.shape[:2]
     pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
     top, left = pad_h // 2, pad_w // 2
-    padded = np.empty((height + pad_h, width + pad_w, 3), np.float32)
-    padded[...] = predictor.mean  # padding with the mean colour, as the official code
-    padded[top : top + height, left : left + width] = image
-    total, count = None, np.zeros(padded.shape[:2] + (1,), np.float32)
-    for y, x in _windows(*padded.shape[:2], crop, protocol.window_stride):
-        window = net(padded[y : y + crop[0], x : x + crop[1]])
-        if total is None:
-            total = np.zeros(padded.shape[:2] + window.shape[-1:], np.float32)
-        total[y : y + crop[0], x : x + crop[1]] += window
-        count[y : y + crop[0], x : x + crop[1]] += 1
-    return (total / count)[top : top + height, left : left + width]
+    if pad_h or pad_w:
+        padded = np.empty((height + pad_h, width + pad_w, 3), np.float32)
+        padded[...] = predictor.mean  # padding with the mean colour, as the official code
+        padded[top : top + height, left : left + width] = image
+        image = padded
+    for start, band in _window_bands(predictor, image, crop, stride, softmax=True, flip=protocol.flip,
+                                     window_batch=window_batch):
+        first, last = max(start, top), min(start + len(band), top + height)
+        if first < last:
+            yield first - top, band[first - start : last - start, left : left + width]
 
 
-def _mmseg_logits(predictor, image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
-    """EncoderDecoder.whole_inference / slide_inference: logits of the image, windows averaged, no padding."""
-    if protocol.mode == "whole":
-        return np.asarray(predictor.predict_on_batch(image[None]), np.float32)[0]
-    crop = protocol.crop
+def _scale_terms(predictor, image: np.ndarray, protocol: TestProtocol, max_side: int, window_batch: int | None):
+    """Per scale (and, for mmseg, per mirror): (scaled size, mirrored, bands of the map at that size) whose maps
+    are resized to the image and averaged (semseg: probabilities; mmseg: logits, softmax after the resize)."""
     height, width = image.shape[:2]
-    total, count = None, np.zeros((height, width, 1), np.float32)
-    for y, x in _windows(height, width, crop, protocol.window_stride):
-        logits = np.asarray(predictor.predict_on_batch(image[None, y : y + crop[0], x : x + crop[1]]), np.float32)[0]
-        if total is None:
-            total = np.zeros((height, width, logits.shape[-1]), np.float32)
-        total[y : y + crop[0], x : x + crop[1]] += logits
-        count[y : y + crop[0], x : x + crop[1]] += 1
-    return total / count
+    for scale in protocol.scales:
+        scaled = resize_array(image, protocol.scaled_size(height, width, scale))
+        if protocol.style == "semseg":
+            yield scaled.shape[:2], False, _semseg_bands(predictor, scaled, protocol, max_side, window_batch)
+            continue
+        scaled = scaled.round().clip(0, 255)  # mmseg resizes the uint8 image: the model sees whole pixel values
+        crop, stride = _window_plan(protocol, *scaled.shape[:2], max_side)
+        for mirrored in (False, True) if protocol.flip else (False,):  # EncoderDecoder.aug_test: the whole image
+            yield scaled.shape[:2], mirrored, _window_bands(
+                predictor, scaled[:, ::-1] if mirrored else scaled, crop, stride, softmax=False, flip=False,
+                window_batch=window_batch)
 
 
-def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = None) -> np.ndarray:
+def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None, max_side: int,
+                        window_batch: int | None):
+    """(first row, probabilities of a strip of rows [rows, W, classes]) covering the image top to bottom.
+
+    At the image's size probabilities exist a strip at a time: with one term at the image's own size (a single
+    scale, no resize) they are the bands of the windows; otherwise each scaled map is held whole (the published
+    protocols resize a photo to about a megapixel first) and resized back strip by strip. Either way a
+    12-megapixel photo never holds a [H, W, classes] array.
+    """
+    from keras_pspnet.predictors import as_predictor
+
+    predictor = as_predictor(model)
+    protocol = protocol or own_protocol(predictor.metadata)
+    image = np.asarray(image, np.float32)
+    size, classes = image.shape[:2], predictor.num_classes
+    terms = list(_scale_terms(predictor, image, protocol, max_side, window_batch))
+    to_probabilities = _softmax if protocol.style == "mmseg" else (lambda values: values)
+    if len(terms) == 1 and terms[0][0] == size and not terms[0][1]:
+        for start, band in terms[0][2]:
+            yield start, to_probabilities(band)
+        return
+    maps = []
+    for scaled_size, mirrored, bands in terms:
+        scale_map = _gather(bands, (*scaled_size, classes))
+        maps.append(scale_map[:, ::-1] if mirrored else scale_map)
+    align_corners = protocol.style == "mmseg" and predictor.align_corners  # semseg resizes back as cv2 does
+    rows = max(1, STRIP_VALUES // (size[1] * classes))
+    for start in range(0, size[0], rows):
+        stop = min(start + rows, size[0])
+        total = np.zeros((stop - start, size[1], classes), np.float32)
+        for scale_map in maps:  # (a map at the image's size is softmaxed in place: each row is read once)
+            total += to_probabilities(resize_array(scale_map, size, align_corners, (start, stop)))
+        total /= len(maps)
+        yield start, total
+
+
+def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
+                   window_batch: int | None = None) -> np.ndarray:
     """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255), at its resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
@@ -141,24 +264,24 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     model's: that of its published numbers), else the whole image at its size. Scales, flips and windows are
     averaged as the protocol's reference does; the argmax is the prediction. For many images with a model
     that has an auxiliary head, pass `inference_model(model)` (made once) rather than the model.
+    `max_side`: whole-image inference on a larger (scaled) image runs in windows of this side instead, which
+    bounds the model's memory. `window_batch`: windows per model call (default: about 2 megapixels' worth).
+    For labels only, `predict_labels` needs far less memory on large images.
     """
-    from keras_pspnet.predictors import as_predictor
+    strips = _probability_strips(model, image, protocol, max_side, window_batch)
+    start, strip = next(strips)
+    result = np.empty((image.shape[0], *strip.shape[1:]), np.float32)
+    result[: len(strip)] = strip
+    for start, strip in strips:
+        result[start : start + len(strip)] = strip
+    return result
 
-    predictor = as_predictor(model)
-    protocol = protocol or own_protocol(predictor.metadata)
-    image = np.asarray(image, np.float32)
-    height, width = image.shape[:2]
-    total, terms = np.zeros((height, width, predictor.num_classes), np.float32), 0
-    for scale in protocol.scales:
-        scaled = _resize(image, protocol.scaled_size(height, width, scale))
-        if protocol.style == "semseg":
-            total += _resize(_semseg_probabilities(predictor, scaled, protocol), (height, width))
-            terms += 1
-            continue
-        scaled = scaled.round().clip(0, 255)  # mmseg resizes the uint8 image: the model sees whole pixel values
-        for mirrored in (False, True) if protocol.flip else (False,):
-            logits = _mmseg_logits(predictor, scaled[:, ::-1] if mirrored else scaled, protocol)
-            logits = logits[:, ::-1] if mirrored else logits
-            total += _softmax(_resize(logits, (height, width), predictor.align_corners))
-            terms += 1
-    return total / terms
+
+def predict_labels(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
+                   window_batch: int | None = None) -> np.ndarray:
+    """The predicted class of each pixel, int32 [H, W]: the argmax of `predict_scores` (same arguments), made
+    strip by strip so that the probabilities at the image's size are never held whole."""
+    labels = np.empty(image.shape[:2], np.int32)
+    for start, strip in _probability_strips(model, image, protocol, max_side, window_batch):
+        labels[start : start + len(strip)] = strip.argmax(axis=-1)
+    return labels

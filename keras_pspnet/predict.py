@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.inference import predict_scores
+from keras_pspnet.inference import MAX_SIDE, predict_labels
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay
 
@@ -52,14 +52,16 @@ def output_names(paths: Sequence[str], out_dir: str) -> list[str]:
 
 
 def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetInfo,
-                  protocol: TestProtocol | None = None, *, force: bool = False) -> list[str]:
+                  protocol: TestProtocol | None = None, *, force: bool = False, max_side: int = MAX_SIDE,
+                  window_batch: int | None = None) -> list[str]:
     """Writes <stem>_label.png (indices), <stem>_color.png and <stem>_overlay.png per image, and legend.png.
 
     When two images share a stem (a/0001.jpg, b/0001.jpg), the outputs mirror the images' paths relative to
     their common directory instead (OUT/a/0001_label.png, OUT/b/0001_label.png); see `output_names`.
 
     A bad image is reported by name and skipped; the others are still processed. Existing outputs are
-    not replaced unless `force`. Returns the paths that failed.
+    not replaced unless `force`. `max_side`, `window_batch`: see `keras_pspnet.inference.predict_scores`.
+    Returns the paths that failed.
     """
     os.makedirs(out_dir, exist_ok=True)
     protocol = protocol or own_protocol(predictor.metadata)  # once, not per image
@@ -73,13 +75,12 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
             if existing and not force:
                 raise FileExistsError(f"{existing[0]}: already exists (use --force to replace it)")
             image = read_image(path)
-            probabilities = predict_scores(predictor, image, protocol)
+            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch)
         except (ValueError, OSError) as error:
             print(f"pspnet: error: {error}", file=sys.stderr)
             failed.append(path)
             continue
         os.makedirs(os.path.dirname(outputs["label"]), exist_ok=True)
-        labels = probabilities.argmax(axis=-1).astype(np.uint8)
         color = colorize(labels, info.colors)
         label_png(labels, info.colors).save(outputs["label"])
         Image.fromarray(color).save(outputs["color"])

@@ -42,8 +42,11 @@ class _ExportedPredictor:
                 self.metadata = json.load(f)
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {error})") from None
-        self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
-        self.num_classes = len(self.metadata["classes"])
+        try:
+            self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
+            self.num_classes = len(self.metadata["classes"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{metadata_path}: not keras-pspnet metadata (no {error})") from None
         self.input_size = tuple(self.metadata["input_size"]) if "input_size" in self.metadata else None
         self.align_corners = bool(self.metadata.get("align_corners", False))
 
@@ -55,7 +58,14 @@ class SavedModelPredictor(_ExportedPredictor):
         import tensorflow as tf
 
         super().__init__(path, os.path.join(path, "assets.extra", METADATA_FILE))
-        self.signature = tf.saved_model.load(path).signatures["logits"]
+        try:
+            signatures = tf.saved_model.load(path).signatures
+        except Exception as error:  # a broken or foreign file: protobuf, OpError, ... with pages of detail
+            raise ValueError(f"{path}: cannot load the SavedModel ({type(error).__name__})") from None
+        if "logits" not in signatures:
+            raise ValueError(f"{path}: has no 'logits' signature (signatures: {sorted(signatures)}); "
+                             "export it with `pspnet export`")
+        self.signature = signatures["logits"]
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         import tensorflow as tf

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
 
-from keras_pspnet.model import build_pspnet
+if TYPE_CHECKING:
+    import keras
 
 _V1C = {"stem": "deep", "style": "pytorch", "contract_dilation": True}  # mmsegmentation's ResNetV1c
 _V1B = {"stem": "standard", "style": "pytorch", "contract_dilation": True}  # mmsegmentation's ResNet (torchvision)
@@ -37,6 +38,8 @@ def list_presets() -> list[str]:
 
 def from_preset(name: str, num_classes: int, **overrides) -> keras.Model:
     """Builds the preset `name` for `num_classes` classes; keyword arguments override the preset."""
+    from keras_pspnet.model import build_pspnet  # Keras (and TensorFlow) only when a model is built
+
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; valid presets: {list_presets()}.")
     return build_pspnet(num_classes, **{**PRESETS[name], **overrides})

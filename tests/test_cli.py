@@ -1,7 +1,20 @@
+import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 from keras_pspnet.cli import main
+
+ENV = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "KERAS_BACKEND"))}
+ENV["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pspnet(*args):
+    """The command as a user runs it: a fresh process, no TensorFlow log settings in the environment."""
+    return subprocess.run([sys.executable, "-m", "keras_pspnet.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=600)
 
 
 def test_presets_command_lists_presets(capsys):
@@ -10,12 +23,71 @@ def test_presets_command_lists_presets(capsys):
     assert "pspnet_resnet50_v1c" in out and "'contract_dilation': True" in out
 
 
+@pytest.mark.parametrize("args", [["--help"], ["presets"], ["predict", "--help"]])
+def test_help_and_presets_never_load_tensorflow(args):
+    code = (f"import sys\nfrom keras_pspnet.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_keras_pspnet_registers_its_classes_with_keras_in_either_order():
+    for first, second in [("keras_pspnet", "keras"), ("keras", "keras_pspnet")]:
+        code = (f"import {first}, {second}\n"
+                "print(keras.saving.get_registered_object('keras_pspnet>ClassLogits').__name__)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+        assert result.stdout.split() == ["ClassLogits"], result.stderr[-2000:]
+
+
+def test_commands_are_quiet_unless_verbose(tmp_path):
+    """No TensorFlow, absl or oneDNN lines: stderr holds only what the command says."""
+    from keras_pspnet import build_pspnet
+
+    build_pspnet(3, "resnet18", base_width=4, head_channels=8).save(tmp_path / "m.keras")
+    quiet = pspnet("export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "serving"), "--warmup-size", "32x32")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.strip().splitlines() == [f"{tmp_path / 'm.keras'} -> {tmp_path / 'serving' / '1'} "
+                                                 "(signatures serving_default, encoded, logits)"]
+    missing = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"))
+    assert missing.returncode == 2 and missing.stderr == "pspnet: error: nowhere.keras: model not found\n"
+    verbose = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"), "--verbose")
+    assert "Traceback" in verbose.stderr  # and TensorFlow's logs
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_pspnet.cli", "convert", "mmseg", str(tmp_path / "missing.pth"), "--out",
-         str(tmp_path / "m.keras")],
-        capture_output=True, text=True, timeout=300,
-    )
+    result = pspnet("convert", "mmseg", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "m.keras"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"pspnet: error: {tmp_path / 'missing.pth'}: checkpoint not found."
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"pspnet: error: {tmp_path / 'missing.pth'}: checkpoint not found."]
+
+
+def test_foreign_and_broken_models_are_one_line_errors(tmp_path):
+    import tensorflow as tf
+
+    from keras_pspnet.predictors import METADATA_FILE
+
+    foreign = tmp_path / "foreign"
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(foreign), signatures={"serving_default": module.f})
+    (tmp_path / "image.png").write_bytes(b"")
+    expected = {
+        "foreign": f"{foreign}: not exported by keras-pspnet",
+        "no logits": f"{foreign}: has no 'logits' signature (signatures: ['serving_default'])",
+        "bad metadata": f"{foreign / 'assets.extra' / METADATA_FILE}: not keras-pspnet metadata (no 'normalization')",
+        "broken": f"{foreign}: cannot load the SavedModel",
+    }
+    for case, message in expected.items():
+        if case == "no logits":
+            metadata = {"classes": [{"name": "a"}], "normalization": {"mean": [0, 0, 0]}}
+            os.makedirs(foreign / "assets.extra", exist_ok=True)
+            (foreign / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata))
+        elif case == "bad metadata":
+            (foreign / "assets.extra" / METADATA_FILE).write_text(json.dumps({"classes": []}))
+        elif case == "broken":
+            (foreign / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata))
+            (foreign / "saved_model.pb").write_bytes(b"\x00garbage")
+        result = pspnet("predict", "--model", str(foreign), str(tmp_path / "image.png"), "--out", str(tmp_path / "o"))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"pspnet: error: {message}"), \
+            (case, result.stderr)

@@ -188,3 +188,47 @@ def test_jpegs_decode_as_opencv_and_pil_decode_them(tmp_path, rng):
     png = str(tmp_path / "photo.png")
     Image.fromarray(reference).save(png)
     np.testing.assert_array_equal(decode_rgb(tf.io.read_file(png)).numpy(), reference)
+
+
+def test_folder_images_are_read_upright_by_their_exif_orientation(tmp_path):
+    """A phone JPEG stored sideways (EXIF 6) is read as viewers show it: its mask, drawn on the upright photo,
+    fits; a mask drawn on the stored pixels is refused with the reason."""
+    from tests.images import sample_bytes, upright_pixels
+
+    root = write_folder(tmp_path, classes=["a", "b", "c"])
+    stored = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    data = sample_bytes("jpeg_exif6", stored)
+    (root / "train" / "images" / "img0.jpg").write_bytes(data)
+    mask_path = root / "train" / "masks" / "img0.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(mask_path)
+    with pytest.raises(ValueError, match="img0.png: mask is 40x30, its image .*img0.jpg is upright "
+                                         r"\(EXIF orientation 6\) 30x40"):
+        load_source(str(root), "train")
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(mask_path)
+    source, _ = load_source(str(root), "train")
+    example = next(iter(source))
+    np.testing.assert_array_equal(example["image"].numpy(), upright_pixels(data))
+    assert example["mask"].shape == (40, 30)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "orientation 9", "entry count too large", "no EXIF"])
+def test_broken_exif_leaves_the_image_as_stored(damage):
+    """Whatever the EXIF block holds, the decoder never fails on it: a nonsense orientation means upright."""
+    import io
+
+    from keras_pspnet.data.image import decode_rgb, exif_orientation
+    from tests.images import exif_block
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    exif = exif_block(9 if damage == "orientation 9" else 6, True)
+    if damage == "entry count too large":
+        exif = exif[:14] + b"\xff\xff" + exif[16:]  # 65535 entries: reads run past the block into the JPEG data
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=b"" if damage == "no EXIF" else exif)
+    data = buffer.getvalue()
+    if damage == "truncated":
+        data = data[: data.index(b"Exif") + 20]  # the header survives, the IFD does not
+    orientation = int(exif_orientation(tf.constant(data)))
+    assert orientation == (6 if damage == "entry count too large" else 1)  # the first entries are still read
+    if damage != "truncated":
+        assert decode_rgb(tf.constant(data)).shape == ((12, 8, 3) if orientation == 6 else (8, 12, 3))

@@ -21,7 +21,8 @@ def exported(tmp_path_factory):
     model = build_pspnet(4, "mobilenet_v2", alpha=0.35, head_channels=8)
     randomize_batchnorm(model)
     base = str(tmp_path_factory.mktemp("models") / "pspnet")
-    path = export_saved_model(model, base, CLASS_SETS["context"], probabilities=True, warmup_sizes=[(32, 48)])
+    path = export_saved_model(model, base, CLASS_SETS["context"], probabilities=True,
+                              warmup_sizes=[(32, 48), (40, 24)])
     return model, base, path
 
 
@@ -48,12 +49,18 @@ def test_layout_versions_warmup_and_metadata(exported):
     assert second == os.path.join(base, "2")
     with pytest.raises(FileExistsError, match="version 1 already exists"):
         export_saved_model(model, base, CLASS_SETS["context"], version=1)
-    from tensorflow_serving.apis import prediction_log_pb2
+    from tensorflow_serving.apis import prediction_log_pb2  # the real protos parse what export writes without them
 
-    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
-               tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))]
-    assert [r.predict_log.request.model_spec.signature_name for r in records] == ["serving_default", "encoded"]
-    assert list(tf.make_ndarray(records[0].predict_log.request.inputs["images"]).shape) == [1, 32, 48, 3]
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))]
+    records = [prediction_log_pb2.PredictionLog.FromString(r) for r in raw]
+    assert [r.SerializeToString() for r in records] == raw  # nothing unknown or lost
+    assert [r.predict_log.request.model_spec.signature_name for r in records] == ["serving_default", "encoded"] * 2
+    loaded = tf.saved_model.load(path)
+    for record, size in zip(records, [(32, 48), (32, 48), (40, 24), (40, 24)]):
+        request = record.predict_log.request  # run as TF Serving runs warmup requests at load
+        inputs = {key: tf.constant(tf.make_ndarray(value)) for key, value in request.inputs.items()}
+        answer = loaded.signatures[request.model_spec.signature_name](**inputs)["class_map"]
+        assert answer.shape == (1, *size)
     meta = json.load(open(os.path.join(path, "assets.extra", "pspnet.json")))
     assert [c["name"] for c in meta["classes"]] == ["water", "road", "boat", "car"]
     assert meta["normalization"]["mean"] == pytest.approx([123.675, 116.28, 103.53])
@@ -138,3 +145,38 @@ def test_corner_aligned_models_export(tmp_path, rng):
     path = export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(65, 97))
     np.testing.assert_allclose(tflite_run(path, pixels[0])["logits"], logits, atol=1e-4, rtol=1e-4)
     assert json.load(open(str(tmp_path / "m.json")))["align_corners"] is True
+
+
+def test_calibration_windows_keep_the_aspect_ratio_and_pad_with_the_mean():
+    from keras_pspnet.export import calibration_window
+    from keras_pspnet.inference import resize_array
+    from keras_pspnet.protocol import TestProtocol
+
+    mean = np.array([120.0, 110.0, 100.0])
+    image = np.random.default_rng(0).integers(0, 256, (40, 100, 3)).astype(np.uint8)
+    native = calibration_window(image, (32, 32), TestProtocol(), mean)
+    np.testing.assert_array_equal(native, image[4:36, 34:66])  # the centre, not the image squashed
+    resized = calibration_window(image, (32, 64), TestProtocol(resize=50), mean)  # long side 50: 20x50
+    expected = np.empty((32, 64, 3), np.float32)
+    expected[...] = mean
+    expected[6:26, 7:57] = resize_array(image.astype(np.float32), (20, 50))
+    np.testing.assert_array_equal(resized, expected.round().astype(np.uint8))
+
+
+def test_calibration_images_are_drawn_at_random_over_the_split(tmp_path):
+    from PIL import Image
+
+    from keras_pspnet.export import calibration_images
+
+    for i in range(20):  # a folder of images whose first pixel tells which file it is
+        Image.fromarray(np.full((4, 6, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    drawn = [int(image[0, 0, 0]) for image in calibration_images(str(tmp_path), count=5)]
+    assert len(set(drawn)) == 5 and drawn != list(range(5))
+    assert drawn == [int(image[0, 0, 0]) for image in calibration_images(str(tmp_path), count=5)]  # seeded
+    assert len(calibration_images(str(tmp_path), count=50)) == 20
+    scenes = calibration_images("context", "train", count=4)
+    from keras_pspnet.data.context import context_scene
+
+    first = [context_scene(i, 288)["image"].numpy() for i in range(4)]
+    assert all(image.shape == (288, 288, 3) for image in scenes)
+    assert not all(np.array_equal(a, b) for a, b in zip(scenes, first))

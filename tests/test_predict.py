@@ -10,13 +10,14 @@ from PIL import Image
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.data.context import context_scene
 from keras_pspnet.export import export_saved_model, export_tflite
+from tests.images import KINDS, sample_bytes, upright_pixels
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def pspnet(*args):
+def pspnet(*args, env=None):
     return subprocess.run([sys.executable, "-m", "keras_pspnet.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=600)
+                          env=env or ENV, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +87,14 @@ def test_export_command_errors(setup, tmp_path):
                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8",
                 "--classes", "context")
     assert ok.returncode == 0, ok.stderr[-2000:]
+    # as right after `pip install -e ".[cpu]"`: no tensorflow-serving-api
+    (tmp_path / "shim" / "tensorflow_serving").mkdir(parents=True)
+    (tmp_path / "shim" / "tensorflow_serving" / "__init__.py").write_text("raise ImportError('not installed')")
     served = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--classes", "context",
-                    "--warmup-size", "none")
-    assert served.returncode == 0 and os.path.isdir(tmp_path / "serving" / "pspnet" / "1")
+                    "--warmup-size", "96x96,64x80", env={**ENV, "PYTHONPATH": str(tmp_path / "shim")})
+    assert served.returncode == 0, served.stderr[-2000:]
+    warmup = tmp_path / "serving" / "pspnet" / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    assert sum(1 for _ in __import__("tensorflow").data.TFRecordDataset(str(warmup))) == 4
     again = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1",
                    "--classes", "context")
     assert again.returncode == 2 and "version 1 already exists" in again.stderr
@@ -157,34 +163,18 @@ def test_same_stems_in_different_folders_get_mirrored_outputs(tmp_path, capsys):
     assert os.path.isfile(out / "0001_label.png")
 
 
-@pytest.mark.parametrize("kind", ["gray16", "rgb16", "gray8", "rgb8", "rgba8", "palette8"])
-def test_read_image_decodes_as_training(tmp_path, kind):
-    """predict reads pixels as training's decode_rgb does; a 16-bit PNG keeps each value's high byte (PIL's
-    convert("RGB") would clip 16-bit grey at 255); 8-bit files give what PIL gives."""
-    import tensorflow as tf
-
-    from keras_pspnet.data.image import decode_rgb
+@pytest.mark.parametrize("kind", KINDS)
+def test_read_image_gives_the_upright_pixels_viewers_show(tmp_path, kind):
+    """predict reads with training's decode_rgb, which equals PIL with the EXIF orientation applied (JPEGs decoded
+    with the accurate IDCT as PIL and OpenCV do) and keeps each 16-bit value's high byte."""
     from keras_pspnet.predict import read_image
 
-    rng = np.random.default_rng(0)
-    path = str(tmp_path / f"{kind}.png")
-    if kind == "rgb16":
-        pixels = rng.integers(0, 65536, (6, 7, 3)).astype(np.uint16)
-        tf.io.write_file(path, tf.io.encode_png(pixels))
-    else:
-        pixels = rng.integers(0, 65536, (6, 7)).astype(np.uint16) if kind == "gray16" else \
-            rng.integers(0, 256, {"gray8": (6, 7), "rgb8": (6, 7, 3), "rgba8": (6, 7, 4), "palette8": (6, 7)}[kind])
-        image = Image.fromarray(pixels if kind == "gray16" else pixels.astype(np.uint8))
-        if kind == "palette8":
-            image = image.convert("P")
-        image.save(path)
-    expected = decode_rgb(tf.io.read_file(path)).numpy()
-    np.testing.assert_array_equal(read_image(path), expected)
-    if kind.endswith("16"):
-        high_bytes = np.broadcast_to(pixels[..., None] if kind == "gray16" else pixels, expected.shape) >> 8
-        np.testing.assert_array_equal(expected, high_bytes)
-    else:
-        np.testing.assert_array_equal(expected, np.asarray(Image.open(path).convert("RGB")))
+    data = sample_bytes(kind, np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8))
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    expected = upright_pixels(data)
+    assert expected.shape == ((10, 6, 3) if "exif" in kind else (6, 10, 3))
+    np.testing.assert_array_equal(read_image(str(path)), expected)
 
 
 def test_read_image_errors_name_the_file(tmp_path):

@@ -15,6 +15,7 @@ from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.data.context import context_scene
 from keras_pspnet.predict import predict_files
 from keras_pspnet.predictors import KerasPredictor
+from tests.images import KINDS, sample_bytes, upright_pixels
 
 spec = importlib.util.spec_from_file_location("client", os.path.join(os.path.dirname(__file__), "..", "serving",
                                                                        "client.py"))
@@ -81,3 +82,44 @@ def test_grpc_requests_give_predict_answer(served):
         inputs = {key: tf.constant(tf.make_ndarray(value)) for key, value in request.inputs.items()}
         np.testing.assert_array_equal(signature(**inputs)["class_map"].numpy()[0], expected)
     assert request.model_spec.name == "pspnet"
+
+
+@pytest.fixture(scope="module")
+def every_format(trained_context_model, tmp_path_factory):
+    """One file of each kind of tests/images.py (from a 96x72 context scene) and `pspnet predict`'s label maps."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("formats")
+    scene = context_scene(7, 96, seed=3)["image"].numpy()[:, 12:84]
+    paths = []
+    for kind in KINDS:
+        paths.append(root / f"{kind}.{'jpg' if kind.startswith('jpeg') else 'png'}")
+        paths[-1].write_bytes(sample_bytes(kind, scene))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "keras_pspnet.cli", "predict", "--model", trained_context_model,
+                           "--out", str(root / "out"), *map(str, paths)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return {path.stem: (path, np.asarray(Image.open(root / "out" / f"{path.stem}_label.png"))) for path in paths}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_equals_the_encoded_signature_on_the_same_bytes(served, every_format, kind):
+    loaded = served[0]
+    path, labels = every_format[kind]
+    answer = loaded.signatures["encoded"](image_bytes=tf.constant([path.read_bytes()]))["class_map"].numpy()[0]
+    assert answer.shape == ((72, 96) if "exif" in kind else (96, 72))  # EXIF 6 and 8: upright is landscape
+    assert len(np.unique(answer)) > 1
+    np.testing.assert_array_equal(labels, answer)
+    pixels = client.read_pixels(str(path))  # what the client sends as pixels: the same upright image
+    np.testing.assert_array_equal(pixels, upright_pixels(path.read_bytes()))
+    served_pixels = loaded.signatures["serving_default"](images=tf.constant(pixels[None]))["class_map"].numpy()[0]
+    np.testing.assert_array_equal(served_pixels, answer)
+
+
+def test_encoded_images_of_different_sizes_in_one_batch_are_refused_clearly(served):
+    loaded = served[0]
+    small, large = (tf.io.encode_png(np.zeros(size, np.uint8)).numpy() for size in [(8, 8, 3), (8, 16, 3)])
+    assert loaded.signatures["encoded"](image_bytes=tf.constant([small, small]))["class_map"].shape == (2, 8, 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="encoded: the images of one batch must share a size"):
+        loaded.signatures["encoded"](image_bytes=tf.constant([small, large]))

@@ -46,8 +46,10 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
             raise ValueError(f"{path}: empty file")
     try:
         with Image.open(image_path) as image:
+            # decode_rgb turns a JPEG upright by its EXIF orientation; 5-8 swap width and height
+            orientation = image.getexif().get(0x0112, 1) if image.format == "JPEG" else 1
             image.verify()
-            image_size = image.size
+            image_size = image.size[::-1] if orientation in (5, 6, 7, 8) else image.size
     except Exception as error:  # PIL raises many types for broken files
         raise ValueError(f"{image_path}: cannot read image ({error})") from None
     try:
@@ -57,7 +59,8 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
     except Exception as error:
         raise ValueError(f"{mask_path}: cannot read mask ({error})") from None
     if mask.shape[::-1] != image_size:
-        raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
+        turned = f" upright (EXIF orientation {orientation})" if orientation in (5, 6, 7, 8) else ""
+        raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is{turned} "
                          f"{image_size[0]}x{image_size[1]}")
     values = np.unique(mask)
     if num_classes is not None:
