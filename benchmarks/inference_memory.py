@@ -8,7 +8,7 @@ and `pspnet evaluate` call), or with `predict_scores` (all probabilities at the 
 The table gives the process's resident memory before predicting (TensorFlow, the model, the photo), its peak
 while predicting (ru_maxrss) and the seconds of the prediction.
 
-Runs:  whole   native size, whole image: beyond --max-side (default 2048) windows of that side
+Runs:  whole   native size, whole image: beyond --max-side (default 1024) windows of that side
        slide   native size, windows of 473x473 at stride 316
        semseg  the authors' ADE20K protocol: long side 512, windows 473x473, flip
        mmseg   mmsegmentation's ADE20K protocol: keep-ratio resize to 2048x512, whole image
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="3000x4000", help="photo HEIGHTxWIDTH")
     parser.add_argument("--runs", default=",".join(RUNS))
-    parser.add_argument("--max-side", type=int, default=2048)
+    parser.add_argument("--max-side", type=int, help="default: keras_pspnet.inference.MAX_SIDE")
     parser.add_argument("--scores", action="store_true", help="predict_scores instead of predict_labels")
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -68,6 +68,12 @@ def main() -> None:
     if args.child:
         _child(args)
         return
+    from keras_pspnet.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from keras_pspnet.inference import MAX_SIDE
+
+    args.max_side = args.max_side or MAX_SIDE
     import keras
     import tensorflow as tf
 

@@ -149,8 +149,13 @@ def _evaluate(args) -> None:
     protocol = _protocol(args, predictor)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
-    print(f"test protocol: {protocol.describe()}")
-    results = evaluate(predictor, source, info, protocol, max_side=args.max_side, window_batch=args.window_batch)
+    from keras_pspnet.inference import MAX_SIDE
+
+    max_side = args.max_side or MAX_SIDE
+    windows = f" (windows of {max_side} beyond {max_side} px)" if protocol.mode == "whole" and not protocol.resize \
+        else ""
+    print(f"test protocol: {protocol.describe()}{windows}")
+    results = evaluate(predictor, source, info, protocol, **_inference_options(args))
     print(format_table(results))
     published = _published(predictor.metadata, protocol)
     if published and results["mIoU"] is not None:
@@ -158,6 +163,7 @@ def _evaluate(args) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "data": args.data, "split": args.split, "protocol": protocol.to_dict(),
+                       "max_side": max_side, "window_batch": args.window_batch,
                        **results}, f, indent=1)
         print(f"wrote {args.json}")
 
@@ -203,7 +209,7 @@ def _predict(args) -> int:
     predictor = load_predictor(args.model)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
     failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force,
-                           max_side=args.max_side, window_batch=args.window_batch)
+                           **_inference_options(args))
     done = len(args.images) - len(failed)
     print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
     return 1 if failed else 0
@@ -215,7 +221,25 @@ def _size(text: str) -> tuple[int, int]:
         size = tuple(int(p) for p in parts)
     except ValueError:
         raise ValueError(f"size {text!r}: expected HEIGHTxWIDTH, e.g. 473x473") from None
+    if len(size) > 2 or min(size) < 1:
+        raise ValueError(f"size {text!r}: expected HEIGHTxWIDTH of positive integers, e.g. 473x473")
     return size * 2 if len(size) == 1 else size
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _inference_options(args) -> dict:
+    """--max-side and --window-batch as keyword arguments of predict_labels (only those given)."""
+    return {key: value for key, value in (("max_side", args.max_side), ("window_batch", args.window_batch))
+            if value is not None}
 
 
 def _demo(args) -> None:
@@ -246,9 +270,11 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stride", help="sliding-window stride HxW (default: 2/3 of the crop)")
     group.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, help="average with the mirrored image")
-    group.add_argument("--max-side", type=int, default=2048, help="whole-image mode on a larger (resized) image runs "
-                       "in windows of this side, bounding memory (default 2048: the published protocols stay whole)")
-    group.add_argument("--window-batch", type=int, help="windows per model call (default: about 2 megapixels)")
+    group.add_argument("--max-side", type=_positive_int, help="whole-image mode without --resize on a larger image "
+                       "runs in windows of this side, bounding memory (default 1024; protocols that resize run as "
+                       "defined)")
+    group.add_argument("--window-batch", type=_positive_int, help="windows per model call (default: about a "
+                       "megapixel's worth)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
     export.add_argument("--calibration-split", default="train")
-    export.add_argument("--calibration-count", type=int, default=64, help="images drawn at random from it")
+    export.add_argument("--calibration-count", type=_positive_int, default=64, help="images drawn at random from it")
     export.add_argument("--data-dir", help="TFDS data_dir of --calibration")
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
                         "classes.json (default: the model's own, else classes.json beside it)")
@@ -361,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 LIGHT_COMMANDS = ("presets",)  # answered without TensorFlow
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """Imports TensorFlow with its logs hidden: TF_CPP_MIN_LOG_LEVEL=2 hides C++ INFO and WARNING lines, but the
     oneDNN and CPU-feature lines are written before absl logging starts and ignore it, so stderr (file
     descriptor 2, which C++ writes to) points at /dev/null during the import."""
@@ -394,7 +420,7 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose and args.command not in LIGHT_COMMANDS:
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

@@ -64,7 +64,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
 
 MAX_SIDE = 1024  # whole-image inference at a photo's own size runs in windows of this side beyond it
-WINDOW_PIXELS = 2**21  # windows run in batches of about 2 megapixels (9 of 473x473, 4 of 713x713, 2 of 1024x1024)
+WINDOW_PIXELS = 2**20  # windows run in batches of about a megapixel (4 of 473x473, 2 of 713x713, 1 of 1024x1024)
 STRIP_VALUES = 2**23  # the result is assembled in row strips of about this many floats (32 MB)
 
 
@@ -127,18 +127,20 @@ def _window_plan(protocol: TestProtocol, height: int, width: int, max_side: int)
     if protocol.mode == "slide":
         return protocol.crop, protocol.window_stride
     if protocol.resize is None and max(height, width) > max_side:
-        crop = (min(height, max_side), min(width, max_side))
-        return crop, tuple(-(-2 * c // 3) for c in crop)
+        windows = TestProtocol(mode="slide", crop=(min(height, max_side), min(width, max_side)))
+        return windows.crop, windows.window_stride
     return (height, width), (height, width)
 
 
 def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, flip: bool,
                   window_batch: int | None):
-    """The model's output averaged over windows of `image`, as (first row, rows [n, W, classes]) top to bottom.
+    """The model's output averaged over windows of `image`, as (first row, rows [n, W, classes]) top to bottom;
+    each band is a view that is valid until the next one is asked for.
 
-    Windows run `window_batch` at a time (default: about 2 megapixels, at most a row of windows), row by row;
-    sums are accumulated in place in a band of at most a window's height plus a stride, and rows are handed on
-    as soon as no later window covers them, so an image of any height never holds a [H, W, classes] array.
+    Windows run `window_batch` at a time (default: about a megapixel, at most a row of windows), row by row.
+    Sums are accumulated in place in one buffer of a window's height plus a stride, allocated once; rows are
+    handed on as soon as no later window covers them and the rest moves up, so an image of any height never
+    holds a [H, W, classes] array.
     softmax: average window probabilities (the authors' net_process), else logits (mmseg's slide_inference).
     flip: average each window's probabilities with its mirrored window's (the authors' net_process).
     """
@@ -147,11 +149,12 @@ def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, 
     corners = list(_windows(height, width, crop, stride))
     columns = sum(1 for y, _ in corners if y == 0)
     per_batch = window_batch or max(1, min(WINDOW_PIXELS // (crop[0] * crop[1] * (2 if flip else 1)), columns))
-    base = 0  # the band holds rows base.. of the image
-    total = np.zeros((0, width, predictor.num_classes), np.float32)
-    count = np.zeros((0, width, 1), np.float32)
-    for first in range(0, len(corners), per_batch):
-        batch = corners[first : first + per_batch]
+    batches = [corners[first : first + per_batch] for first in range(0, len(corners), per_batch)]
+    rows = max(batch[-1][0] - batch[0][0] for batch in batches) + crop[0]  # a batch starts at the band's top
+    total = np.zeros((rows, width, predictor.num_classes), np.float32)
+    count = np.zeros((rows, width, 1), np.float32)
+    base = 0  # the buffer holds rows base.. of the image
+    for index, batch in enumerate(batches):
         windows = np.stack([image[y : y + crop[0], x : x + crop[1]] for y, x in batch])
         if flip:
             windows = np.concatenate([windows, windows[:, :, ::-1]])
@@ -160,26 +163,31 @@ def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, 
             outputs = _softmax(outputs)
         if flip:
             outputs = (outputs[: len(batch)] + outputs[len(batch) :, :, ::-1]) / 2
-        grow = batch[-1][0] + crop[0] - base - len(total)
-        if grow > 0:
-            total = np.concatenate([total, np.zeros((grow, *total.shape[1:]), np.float32)])
-            count = np.concatenate([count, np.zeros((grow, width, 1), np.float32)])
         for (y, x), output in zip(batch, outputs):
             total[y - base : y - base + crop[0], x : x + crop[1]] += output
             count[y - base : y - base + crop[0], x : x + crop[1]] += 1
-        done = (corners[first + per_batch][0] if first + per_batch < len(corners) else height) - base
+        del windows, outputs
+        done = (batches[index + 1][0][0] if index + 1 < len(batches) else height) - base
         if done > 0:  # windows come in rows: no later window reaches above the next one's top
             band = total[:done]
             band /= count[:done]
             yield base, band
-            total, count, base = total[done:].copy(), count[done:].copy(), base + done
+            for buffer in (total, count):  # move the rest up in chunks of `done` rows (they never overlap)
+                for first in range(done, rows, done):
+                    last = min(first + done, rows)
+                    buffer[first - done : last - done] = buffer[first:last]
+                buffer[rows - done :] = 0
+            base += done
 
 
 def _gather(bands, shape: tuple[int, ...]) -> np.ndarray:
-    """The whole array of (first row, rows) bands."""
-    result = np.empty(shape, np.float32)
+    """The whole array of (first row, rows) bands, which must cover it."""
+    result, covered = np.empty(shape, np.float32), 0
     for start, band in bands:
         result[start : start + len(band)] = band
+        covered += len(band)
+    if covered != shape[0]:
+        raise ValueError(f"inference produced {covered} of {shape[0]} rows")
     return result
 
 
@@ -264,24 +272,27 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     model's: that of its published numbers), else the whole image at its size. Scales, flips and windows are
     averaged as the protocol's reference does; the argmax is the prediction. For many images with a model
     that has an auxiliary head, pass `inference_model(model)` (made once) rather than the model.
-    `max_side`: whole-image inference on a larger (scaled) image runs in windows of this side instead, which
-    bounds the model's memory. `window_batch`: windows per model call (default: about 2 megapixels' worth).
+    `max_side`: whole-image inference at the image's own size (a protocol without resize) on a larger image runs
+    in windows of this side instead, which bounds the model's memory; protocols that resize run as defined.
+    `window_batch`: windows per model call (default: about a megapixel's worth, at most a row of windows).
+    Multi-scale or mmseg-flip inference without a resize holds each scaled map whole: resize large photos.
     For labels only, `predict_labels` needs far less memory on large images.
     """
-    strips = _probability_strips(model, image, protocol, max_side, window_batch)
-    start, strip = next(strips)
-    result = np.empty((image.shape[0], *strip.shape[1:]), np.float32)
-    result[: len(strip)] = strip
-    for start, strip in strips:
-        result[start : start + len(strip)] = strip
-    return result
+    from keras_pspnet.predictors import as_predictor
+
+    predictor = as_predictor(model)
+    return _gather(_probability_strips(predictor, image, protocol, max_side, window_batch),
+                   (*np.shape(image)[:2], predictor.num_classes))
 
 
 def predict_labels(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
                    window_batch: int | None = None) -> np.ndarray:
     """The predicted class of each pixel, int32 [H, W]: the argmax of `predict_scores` (same arguments), made
     strip by strip so that the probabilities at the image's size are never held whole."""
-    labels = np.empty(image.shape[:2], np.int32)
+    labels, covered = np.empty(np.shape(image)[:2], np.int32), 0
     for start, strip in _probability_strips(model, image, protocol, max_side, window_batch):
         labels[start : start + len(strip)] = strip.argmax(axis=-1)
+        covered += len(strip)
+    if covered != len(labels):
+        raise ValueError(f"inference produced {covered} of {len(labels)} rows")
     return labels

@@ -12,5 +12,6 @@ case "$extras" in  # the tests' PyTorch references need torch: its CPU build (a 
   *test*) pins="$pins torch==2.13.0" ;;
 esac
 python -m pip install -q $pins -e ".[${extras}]"
-# TF Serving protos (warmup requests, gRPC client): their wheel asks for the full tensorflow, so --no-deps.
+# TF Serving protos for the gRPC client and the tests that parse our warmup records (export itself does not need
+# them); their wheel asks for the full tensorflow, so --no-deps.
 python -m pip install -q --no-deps "tensorflow-serving-api==2.21.*"

@@ -65,6 +65,7 @@ def small_model():
     dict(style="mmseg", resize=(90, 40), scales=(0.75, 1.25), flip=True),
     dict(style="semseg", resize=60, mode="slide", crop=(33, 33), flip=True),
     dict(style="semseg"),
+    dict(style="mmseg", flip=True),  # two maps at the image's size: softmax in place, row strip by row strip
 ])
 def test_labels_strip_by_strip_equal_the_argmax_of_the_scores(small_model, rng, monkeypatch, protocol):
     import numpy as np
@@ -118,8 +119,8 @@ def test_window_bands_equal_the_whole_average_and_stay_a_band(rng, window_batch)
         window = image[y : y + 30, x : x + 20].astype(np.float64)
         total[y : y + 30, x : x + 20] += window + window.mean()
         count[y : y + 30, x : x + 20] += 1
-    bands = list(_window_bands(_MeanShift(), image, crop, stride, softmax=False, flip=False,
-                               window_batch=window_batch))
+    bands = [(start, band.copy()) for start, band in  # a band is valid until the next is asked for
+             _window_bands(_MeanShift(), image, crop, stride, softmax=False, flip=False, window_batch=window_batch)]
     assert [start for start, _ in bands] == list(np.cumsum([0] + [len(band) for _, band in bands[:-1]]))
     np.testing.assert_allclose(np.concatenate([band for _, band in bands]), total / count, rtol=1e-5)
     assert max(len(band) for _, band in bands) <= 30 + 20  # never more than a window's height and a stride
@@ -135,3 +136,29 @@ def test_published_protocols_ignore_max_side(small_model, rng):
     protocol = mmseg_protocol((80, 60))  # whole image, resized to 57x80
     np.testing.assert_array_equal(predict_scores(small_model, image, protocol, max_side=40),
                                   predict_scores(small_model, image, protocol))
+
+
+def test_labels_of_a_tall_image_never_hold_its_probabilities(rng):
+    """Peak memory of predict_labels stays at a band plus a batch of windows, far below [H, W, classes]."""
+    import tracemalloc
+
+    import numpy as np
+
+    from keras_pspnet.inference import predict_labels
+    from keras_pspnet.protocol import TestProtocol
+
+    class ManyClasses(_MeanShift):
+        num_classes = 50
+
+        def predict_on_batch(self, windows):
+            scores = np.repeat(super().predict_on_batch(windows)[..., :1], 50, axis=-1)
+            scores *= np.linspace(0.5, 1.5, 50, dtype=np.float32)
+            return scores
+
+    image = rng.uniform(0, 255, (1200, 60, 3)).astype(np.float32)
+    whole = 1200 * 60 * 50 * 4  # bytes of the probabilities at the image's size
+    tracemalloc.start()
+    labels = predict_labels(ManyClasses(), image, TestProtocol(), max_side=40)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert labels.shape == (1200, 60) and peak < whole / 5, (peak, whole)

@@ -175,6 +175,9 @@ def test_read_image_gives_the_upright_pixels_viewers_show(tmp_path, kind):
     expected = upright_pixels(data)
     assert expected.shape == ((10, 6, 3) if "exif" in kind else (6, 10, 3))
     np.testing.assert_array_equal(read_image(str(path)), expected)
+    if kind.startswith("jpeg"):  # the references' cv2.imread(IMREAD_COLOR) applies EXIF orientation too
+        cv2 = pytest.importorskip("cv2")
+        np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1], expected)
 
 
 def test_read_image_errors_name_the_file(tmp_path):
