@@ -20,7 +20,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "cpu": ["tensorflow-cpu==2.21.*"],
         "jax": ["jax"],
-        "serving": ["ai-edge-litert"],  # gRPC client: + `pip install --no-deps tensorflow-serving-api` (serving/README.md)
+        "serving": ["ai-edge-litert"],  # gRPC client: + `pip install --no-deps tensorflow-serving-api`
         # torch only builds the reference PyTorch models the tests compare with; conversion needs no torch.
         # opencv: the augmentation tests compare with cv2 4.12 (5.0 changed warpAffine; 4.14 converts HSV in blocks
         # of 64 pixels on this CPU, mmcv-era builds in 32, which the photometric test mirrors).

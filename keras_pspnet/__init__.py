@@ -40,8 +40,13 @@ def __dir__() -> list[str]:
 
 
 def _register_with_keras() -> None:
-    for module in _SERIALIZABLE:
-        importlib.import_module(module)
+    try:
+        for module in _SERIALIZABLE:
+            importlib.import_module(module)
+    except Exception as error:  # never break the user's `import keras`; loading our models will say what is wrong
+        import warnings
+
+        warnings.warn(f"keras_pspnet: could not register its Keras classes ({error})", stacklevel=2)
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):

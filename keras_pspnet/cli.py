@@ -281,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet in Keras 3: pretrained models, training, "
                                      "evaluation, export.")
     commands = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)  # on every command that runs (argparse: not on their parents)
-    common.add_argument("--verbose", action="store_true", help="show TensorFlow's logs, and tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs, and tracebacks on errors")
+    # also after each command (`pspnet predict ... --verbose`); SUPPRESS: absent there, it keeps the value above
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     convert = commands.add_parser("convert", help="import a checkpoint of another implementation (no torch needed)")
     sources = convert.add_subparsers(dest="source", required=True)
@@ -409,14 +411,6 @@ def import_tensorflow_quietly() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _one_line(error: BaseException) -> str:
-    """The error as one line: its message's first line, the type where the message alone says too little."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, (ValueError, OSError)) and message:
-        return message
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose and args.command not in LIGHT_COMMANDS:
@@ -429,9 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line, never a traceback from deep inside TensorFlow (--verbose shows it)
         if args.verbose:
             raise
-        print(f"pspnet: error: {_one_line(error)} (--verbose for details)"
-              if not isinstance(error, (ValueError, OSError, ImportError)) else f"pspnet: error: {_one_line(error)}",
-              file=sys.stderr)
+        from keras_pspnet.errors import one_line, report
+
+        expected = isinstance(error, (ValueError, OSError, ImportError))
+        report(one_line(error) + ("" if expected else " (--verbose for the traceback)"))
         return 2
 
 

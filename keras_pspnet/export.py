@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -67,8 +67,11 @@ def decode_batch(image_bytes: tf.Tensor) -> tf.Tensor:
         shapes, tf.broadcast_to(shapes[:1], tf.shape(shapes)),
         message="encoded: the images of one batch must share a size (send one image per request; with TF "
                 "Serving's batching, one size from all clients); their [height, width, 3] are")
+    size = tf.concat([shapes, [[0, 0, 3]]], axis=0)[0]  # an empty batch: [0, 0, 0, 3]
     with tf.control_dependencies([same_size]):
-        return tf.reshape(pixels.flat_values, tf.concat([[-1], shapes[0]], axis=0))
+        images = tf.reshape(pixels.flat_values, tf.concat([tf.shape(image_bytes), size], axis=0))
+    images.set_shape([None, None, None, 3])
+    return images
 
 
 def _archive() -> keras.export.ExportArchive:
@@ -167,12 +170,13 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
 
 
 def calibration_images(spec: str, split: str = "train", count: int = 64, *, data_dir: str | None = None,
-                       seed: int = 0) -> list[np.ndarray]:
-    """`count` uint8 images drawn at random (seeded) from a folder of images or from a split of a dataset (context,
-    a TFDS name read from `data_dir`, a folder dataset), decoded as training decodes them.
+                       seed: int = 0) -> Iterator[np.ndarray]:
+    """Up to `count` uint8 images drawn at random (seeded, each at most once) from a folder of images or from a
+    split of a dataset (context, a TFDS name read from `data_dir`, a folder dataset), decoded as training decodes
+    them, one at a time.
 
     Random rather than the first `count`: datasets are often sorted by scene or city, and int8 ranges calibrated
-    on one kind of scene clip the others.
+    on one kind of scene clip the others. (TFDS draws from shuffled files through a 256-example buffer.)
     """
     import random
 
@@ -184,10 +188,14 @@ def calibration_images(spec: str, split: str = "train", count: int = 64, *, data
     if os.path.isdir(spec) and not os.path.isdir(os.path.join(spec, split)):
         files = sorted(f for f in os.listdir(spec) if f.lower().endswith(IMAGE_SUFFIXES))
         if not files:
-            raise ValueError(f"{spec}: no .jpg or .png images to calibrate with")
-        return [read_image(os.path.join(spec, f)) for f in random.Random(seed).sample(files, min(count, len(files)))]
+            raise ValueError(f"{spec}: no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate with")
+        for name in random.Random(seed).sample(files, min(count, len(files))):
+            yield read_image(os.path.join(spec, name))
+        return
+    size = int(load_source(spec, split, data_dir=data_dir, validate=False)[0].cardinality())
     source, _ = load_source(spec, split, data_dir=data_dir, validate=False, order=TrainingOrder(seed))
-    return [example["image"].numpy() for example in source.take(count)]
+    for example in source.take(min(count, size) if size > 0 else count):  # the first epoch: no repeats
+        yield example["image"].numpy()
 
 
 def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestProtocol,

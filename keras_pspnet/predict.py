@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ from tqdm import tqdm
 
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
+from keras_pspnet.errors import one_line, report
 from keras_pspnet.inference import MAX_SIDE, predict_labels
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay
@@ -74,10 +74,15 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
             existing = [p for p in outputs.values() if os.path.exists(p)]
             if existing and not force:
                 raise FileExistsError(f"{existing[0]}: already exists (use --force to replace it)")
-            image = read_image(path)
-            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch)
+            image = read_image(path)  # its errors name the file
         except (ValueError, OSError) as error:
-            print(f"pspnet: error: {error}", file=sys.stderr)
+            report(str(error))
+            failed.append(path)
+            continue
+        try:
+            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch)
+        except Exception as error:  # e.g. out of memory on one huge photo: the others still run
+            report(f"{path}: {one_line(error)}")
             failed.append(path)
             continue
         os.makedirs(os.path.dirname(outputs["label"]), exist_ok=True)

@@ -77,7 +77,11 @@ class TFLitePredictor(_ExportedPredictor):
     """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size)."""
 
     def __init__(self, path: str, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ImportError(f"{path}: running a .tflite needs the LiteRT interpreter: pip install ai-edge-litert "
+                              "(the [serving] extra)") from None
 
         super().__init__(path, os.path.splitext(path)[0] + ".json")
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")

@@ -22,12 +22,13 @@ import numpy as np
 
 def read_pixels(path: str) -> np.ndarray:
     """Upright RGB uint8 [height, width, 3] pixels of an image file, as the server's `encoded` signature decodes
-    it: the EXIF orientation applied (the serving_default signature takes upright pixels, as viewers show the
+    it: a JPEG's EXIF orientation applied (the serving_default signature takes upright pixels, as viewers show the
     photo), grey repeated, alpha dropped, 16-bit values cut to their high byte."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+        if image.format == "JPEG":  # as the server: the EXIF orientation of JPEGs (what cameras write)
+            image = ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: Pillow's convert("RGB") would clip it
             high = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
             return np.repeat(high[..., None], 3, axis=-1)

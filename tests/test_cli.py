@@ -91,3 +91,16 @@ def test_foreign_and_broken_models_are_one_line_errors(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"pspnet: error: {message}"), \
             (case, result.stderr)
+
+
+def test_verbose_goes_before_or_after_the_command_and_bad_numbers_are_refused(capsys):
+    from keras_pspnet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--verbose", "presets"]).verbose
+    assert parser.parse_args(["presets", "--verbose"]).verbose
+    assert not parser.parse_args(["presets"]).verbose
+    for option in ("--max-side", "--window-batch"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["predict", "--model", "m.keras", "x.jpg", "--out", "o", option, "0"])
+        assert "expected a positive integer, got '0'" in capsys.readouterr().err

@@ -232,3 +232,40 @@ def test_broken_exif_leaves_the_image_as_stored(damage):
     assert orientation == (6 if damage == "entry count too large" else 1)  # the first entries are still read
     if damage != "truncated":
         assert decode_rgb(tf.constant(data)).shape == ((12, 8, 3) if orientation == 6 else (8, 12, 3))
+
+
+def _jpeg_with_segments(pixels, *segments: bytes) -> bytes:
+    """A baseline JPEG of `pixels` with `segments` (marker and payload, length added) right after its start."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    inserted = b"".join(marker + struct.pack(">H", len(payload) + 2) + payload for marker, payload in segments)
+    return data[:2] + inserted + data[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("little_endian", [True, False])
+@pytest.mark.parametrize("layout", ["exif first", "after XMP and ICC", "fill bytes"])
+def test_every_exif_orientation_gives_what_pil_shows(orientation, little_endian, layout):
+    """All 8 orientations in both byte orders, wherever the EXIF segment sits, against PIL's exif_transpose."""
+    import io
+
+    from PIL import ImageOps
+
+    from keras_pspnet.data.image import decode_rgb
+    from tests.images import exif_block
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = (b"\xff\xe1", exif_block(orientation, little_endian))
+    xmp = (b"\xff\xe1", b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>")
+    icc = (b"\xff\xe2", b"ICC_PROFILE\0\x01\x01" + bytes(300))
+    segments = {"exif first": [exif], "after XMP and ICC": [xmp, icc, exif],
+                "fill bytes": [xmp, (b"\xff\xff\xff\xe1", exif[1])]}[layout]
+    data = _jpeg_with_segments(pixels, *segments)
+    reference = _jpeg_with_segments(pixels, exif)  # PIL reads the plain layout; the pixels are the same
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(reference))).convert("RGB"))
+    np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), expected)
+    assert expected.shape[:2] == ((10, 6) if orientation >= 5 else (6, 10))

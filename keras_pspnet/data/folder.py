@@ -16,11 +16,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from keras_pspnet.data.classes import read_classes
-from keras_pspnet.data.image import decode_rgb
+from keras_pspnet.data.image import decode_rgb, exif_orientation
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what decode_rgb reads
 
 
 def read_mask(path) -> np.ndarray:
@@ -46,12 +46,14 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
             raise ValueError(f"{path}: empty file")
     try:
         with Image.open(image_path) as image:
-            # decode_rgb turns a JPEG upright by its EXIF orientation; 5-8 swap width and height
-            orientation = image.getexif().get(0x0112, 1) if image.format == "JPEG" else 1
             image.verify()
-            image_size = image.size[::-1] if orientation in (5, 6, 7, 8) else image.size
+            image_size = image.size
     except Exception as error:  # PIL raises many types for broken files
         raise ValueError(f"{image_path}: cannot read image ({error})") from None
+    # decode_rgb turns a JPEG upright by its EXIF orientation (read here by the same parser); 5-8 swap the sides
+    orientation = int(exif_orientation(tf.io.read_file(image_path)))
+    if orientation in (5, 6, 7, 8):
+        image_size = image_size[::-1]
     try:
         mask = read_mask(mask_path)
     except ValueError:
@@ -78,7 +80,7 @@ def split_files(root: str, split: str) -> tuple[list[str], list[str]]:
         raise FileNotFoundError(f"{images_dir}: no such folder (expected ROOT/<split>/images and ROOT/<split>/masks)")
     images = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
     if not images:
-        raise ValueError(f"{images_dir}: empty split (no .jpg or .png images)")
+        raise ValueError(f"{images_dir}: empty split (no {', '.join(IMAGE_SUFFIXES)} images)")
     return images, [os.path.join(masks_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# EXIF lives in an APP1 segment before the image data: segments are at most 64 KiB, so the first 128 KiB hold it.
+# EXIF's APP1 segment comes right after the start of image, or after a JFIF APP0 (the EXIF standard places it
+# there); segments are at most 64 KiB, so the first 128 KiB hold it in every conforming file.
 _EXIF_SEARCH_BYTES = 2**17
 _MAX_SEGMENTS = 32
 _MAX_IFD_ENTRIES = 64
@@ -33,9 +34,11 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
                 & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9))  # start of scan, end of image
 
     def walk_body(step, position, found):
+        fill = tf.equal(byte(position + 1), 0xFF)  # a marker may be preceded by any number of 0xFF fill bytes
         signature = byte(position + 4 + tf.range(6))
         is_exif = tf.equal(byte(position + 1), 0xE1) & tf.reduce_all(tf.equal(signature, [69, 120, 105, 102, 0, 0]))
-        return step + 1, position + 2 + big_endian16(position + 2), tf.where(is_exif, position + 10, found)
+        following = tf.where(fill, position + 1, position + 2 + big_endian16(position + 2))
+        return step + 1, following, tf.where(is_exif, position + 10, found)
 
     _, _, tiff = tf.while_loop(walk_condition, walk_body, (0, 2, -1))
     little = tf.equal(byte(tiff), 0x49) & tf.equal(byte(tiff + 1), 0x49)  # "II"; "MM" is big-endian
