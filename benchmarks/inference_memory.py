@@ -68,7 +68,7 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    from keras_pspnet.cli import import_tensorflow_quietly
+    from keras_pspnet.console import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from keras_pspnet.inference import MAX_SIDE

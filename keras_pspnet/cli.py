@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -195,8 +196,12 @@ def _export(args) -> None:
     if args.quantize == "int8" and args.calibration:
         calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
                                          data_dir=args.data_dir)
-    path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
-                         calibration=calibration)
+    from keras_pspnet.console import native_output_hidden
+
+    # the TFLite quantizer prints its settings from C++ (unless --verbose)
+    with contextlib.nullcontext() if args.verbose else native_output_hidden():
+        path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
+                             calibration=calibration)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}) "
           f"and {os.path.splitext(path)[0]}.json")
 
@@ -389,31 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 LIGHT_COMMANDS = ("presets",)  # answered without TensorFlow
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its logs hidden: TF_CPP_MIN_LOG_LEVEL=2 hides C++ INFO and WARNING lines, but the
-    oneDNN and CPU-feature lines are written before absl logging starts and ignore it, so stderr (file
-    descriptor 2, which C++ writes to) points at /dev/null during the import."""
-    import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    sys.stderr.flush()
-    os.dup2(null, 2)
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass  # reported with its message where a command needs it
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-    for name in ("absl", "tensorflow", "h5py"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose and args.command not in LIGHT_COMMANDS:
+        from keras_pspnet.console import import_tensorflow_quietly
+
         import_tensorflow_quietly()
     try:
         return args.run(args) or 0
@@ -423,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # one line, never a traceback from deep inside TensorFlow (--verbose shows it)
         if args.verbose:
             raise
-        from keras_pspnet.errors import one_line, report
+        from keras_pspnet.console import one_line, report
 
         expected = isinstance(error, (ValueError, OSError, ImportError))
         report(one_line(error) + ("" if expected else " (--verbose for the traceback)"))

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from keras_pspnet.console import one_line, report
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.errors import one_line, report
 from keras_pspnet.inference import MAX_SIDE, predict_labels
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay

@@ -49,6 +49,19 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.strip().splitlines() == [f"{tmp_path / 'm.keras'} -> {tmp_path / 'serving' / '1'} "
                                                  "(signatures serving_default, encoded, logits)"]
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / "photos" / f"{i}.png")
+    int8 = pspnet("export", str(tmp_path / "m.keras"), "--format", "tflite", "--input-size", "32x32", "--quantize",
+                  "int8", "--calibration", str(tmp_path / "photos"), "--out", str(tmp_path / "m.tflite"))
+    assert int8.returncode == 0 and int8.stderr == "", int8.stderr  # the quantizer's C++ print is hidden too
+    assert int8.stdout.count("\n") == 1 and int8.stdout.startswith(f"{tmp_path / 'm.keras'} -> "), int8.stdout
+    predicted = pspnet("predict", "--model", str(tmp_path / "m.tflite"), str(tmp_path / "photos" / "0.png"),
+                       "--mode", "slide", "--out", str(tmp_path / "predictions"))
+    assert predicted.returncode == 0 and predicted.stderr == "", predicted.stderr  # nor LiteRT's INFO line
     missing = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"))
     assert missing.returncode == 2 and missing.stderr == "pspnet: error: nowhere.keras: model not found\n"
     verbose = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"), "--verbose")

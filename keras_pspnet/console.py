@@ -1,0 +1,59 @@
+"""What the `pspnet` command shows: errors as one line on stderr, and none of TensorFlow's native log lines."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line: its message's first line, with the type where the message alone says too little
+    (a KeyError's message is just the key; a MemoryError has none)."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if isinstance(error, (ValueError, OSError, ImportError)) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def report(message: str) -> None:
+    print(f"pspnet: error: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def native_output_hidden(descriptors: tuple[int, ...] = (1, 2)):
+    """Points file descriptors (1: stdout, 2: stderr) at /dev/null while the block runs: for what TensorFlow's C++
+    writes there directly, past Python and TF_CPP_MIN_LOG_LEVEL. C's buffered output is flushed before they are
+    restored, so it is not printed at exit instead."""
+    import ctypes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    saved = [os.dup(descriptor) for descriptor in descriptors]
+    for descriptor in descriptors:
+        os.dup2(null, descriptor)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        for descriptor, copy in zip(descriptors, saved):
+            os.dup2(copy, descriptor)
+            os.close(copy)
+        os.close(null)
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its logs hidden: TF_CPP_MIN_LOG_LEVEL=2 hides C++ INFO and WARNING lines, but the
+    oneDNN and CPU-feature lines are written before absl logging starts and ignore it."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_output_hidden((2,)):
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass  # reported with its message where a command needs it
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
