@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
-import importlib.util
+import importlib.machinery
 import sys
 
 __version__ = "0.3.0"
@@ -54,19 +54,21 @@ class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
 
     Keras' loader imports the module a saved class names only for its own packages (keras, keras_hub, ...), so
     a class must be registered before `keras.saving.load_model`; importing Keras here would cost every
-    `import keras_pspnet` (and every `pspnet` command) TensorFlow's seconds of start-up.
+    `import keras_pspnet` (and every `pspnet` command) TensorFlow's seconds of start-up. The finder stays until
+    Keras is actually executed: `find_spec("keras")` alone (TensorFlow's __init__ asks it) imports nothing.
     """
 
     def find_spec(self, name, path=None, target=None):
         if name != "keras":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             exec_module = spec.loader.exec_module
 
             def exec_and_register(module):
                 exec_module(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 _register_with_keras()
 
             spec.loader.exec_module = exec_and_register

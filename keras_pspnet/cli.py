@@ -139,14 +139,13 @@ def _evaluate(args) -> None:
     from keras_pspnet.data import load_source
     from keras_pspnet.evaluate import evaluate
     from keras_pspnet.metrics import format_table
-    from keras_pspnet.predictors import load_predictor
 
     if args.json and os.path.exists(args.json) and not args.force:
         raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
     if args.json and os.path.abspath(args.json) in {os.path.abspath(args.model),
                                                     os.path.abspath(os.path.splitext(args.model)[0] + ".json")}:
         raise ValueError(f"{args.json}: is the model's own file (a .tflite's metadata); choose another --json")
-    predictor = load_predictor(args.model)
+    predictor = _load_predictor(args)
     protocol = _protocol(args, predictor)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
@@ -188,10 +187,6 @@ def _export(args) -> None:
         raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
     if not args.out.endswith(".tflite"):
         raise ValueError(f"{args.out}: the output of --format tflite must be a .tflite file")
-    if args.force:  # the model and the metadata JSON beside it
-        for existing in (args.out, os.path.splitext(args.out)[0] + ".json"):
-            if os.path.exists(existing):
-                os.remove(existing)
     calibration = None
     if args.quantize == "int8" and args.calibration:
         calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
@@ -201,7 +196,7 @@ def _export(args) -> None:
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
         path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
-                             calibration=calibration)
+                             calibration=calibration, overwrite=args.force)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}) "
           f"and {os.path.splitext(path)[0]}.json")
 
@@ -209,15 +204,23 @@ def _export(args) -> None:
 def _predict(args) -> int:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.predict import predict_files
-    from keras_pspnet.predictors import load_predictor
 
-    predictor = load_predictor(args.model)
+    predictor = _load_predictor(args)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
     failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force,
                            **_inference_options(args))
     done = len(args.images) - len(failed)
     print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
     return 1 if failed else 0
+
+
+def _load_predictor(args):
+    """The --model predictor; LiteRT's INFO line at a .tflite's first call is hidden unless --verbose."""
+    from keras_pspnet.console import native_output_hidden
+    from keras_pspnet.predictors import load_predictor
+
+    with contextlib.nullcontext() if args.verbose else native_output_hidden((2,)):
+        return load_predictor(args.model)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -282,13 +285,20 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                        "megapixel's worth)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, pointing at the command's --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"pspnet: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pspnet", description="PSPNet in Keras 3: pretrained models, training, "
+    parser = _Parser(prog="pspnet", description="PSPNet in Keras 3: pretrained models, training, "
                                      "evaluation, export.")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs, and tracebacks on errors")
     # also after each command (`pspnet predict ... --verbose`); SUPPRESS: absent there, it keeps the value above
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     convert = commands.add_parser("convert", help="import a checkpoint of another implementation (no torch needed)")

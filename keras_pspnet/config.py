@@ -49,6 +49,7 @@ class TrainConfig:
     eval_every: int | None = None  # steps; null: evaluate once at the end
     eval_mode: str = "whole"  # whole or slide, windows of crop_size
     eval_protocol: str | None = None  # semseg or mmseg: that reference's test protocol for the dataset (not eval_mode)
+    eval_max_side: int = 1024  # whole-image validation at native size: larger images run in windows of this side
     log_every: int = 10
     seed: int = 0
     cache: bool = False  # keep decoded examples in memory (small datasets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 
@@ -21,27 +22,37 @@ def report(message: str) -> None:
     print(f"pspnet: error: {message}", file=sys.stderr)
 
 
+def _flush_all() -> None:
+    """Python's and C's buffered output, so that it goes where it was meant to before descriptors change."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)  # libc's buffers (Linux, macOS)
+    except (OSError, TypeError, AttributeError):  # no C library handle (Windows): nothing to flush
+        pass
+
+
 @contextlib.contextmanager
 def native_output_hidden(descriptors: tuple[int, ...] = (1, 2)):
     """Points file descriptors (1: stdout, 2: stderr) at /dev/null while the block runs: for what TensorFlow's C++
-    writes there directly, past Python and TF_CPP_MIN_LOG_LEVEL. C's buffered output is flushed before they are
-    restored, so it is not printed at exit instead."""
-    import ctypes
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    null = os.open(os.devnull, os.O_WRONLY)
-    saved = [os.dup(descriptor) for descriptor in descriptors]
-    for descriptor in descriptors:
-        os.dup2(null, descriptor)
+    writes there directly, past Python and TF_CPP_MIN_LOG_LEVEL. For the command line only: descriptors are the
+    process's, so other threads' output is hidden too."""
+    _flush_all()
+    null, saved = None, []
     try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        for descriptor in descriptors:
+            saved.append((descriptor, os.dup(descriptor)))
+            os.dup2(null, descriptor)
         yield
     finally:
-        ctypes.CDLL(None).fflush(None)
-        for descriptor, copy in zip(descriptors, saved):
+        _flush_all()  # C's buffered output of the block goes to /dev/null, not to the terminal at exit
+        for descriptor, copy in saved:
             os.dup2(copy, descriptor)
             os.close(copy)
-        os.close(null)
+        if null is not None:
+            os.close(null)
 
 
 def import_tensorflow_quietly() -> None:

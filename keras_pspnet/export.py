@@ -115,14 +115,16 @@ def warmup_record(signature: str, input_name: str, tensor: tf.Tensor) -> bytes:
 
 
 def _write_warmup(path: str, sizes: Sequence[tuple[int, int]]) -> None:
-    """assets.extra/tf_serving_warmup_requests: per size, one request to each image signature, run at model load
-    (TF Serving then answers the first real request of those sizes without tracing or allocating)."""
+    """assets.extra/tf_serving_warmup_requests: per size, a pixel request and a PNG and a JPEG request (the two
+    decoding branches of `encoded`), run at model load: the first real requests of those sizes then find the
+    kernels initialised and the memory allocated."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for height, width in sizes:
             image = np.zeros((1, height, width, 3), np.uint8)
             writer.write(warmup_record("serving_default", "images", image))
-            writer.write(warmup_record("encoded", "image_bytes", [tf.io.encode_png(image[0]).numpy()]))
+            for encode in (tf.io.encode_png, tf.io.encode_jpeg):
+                writer.write(warmup_record("encoded", "image_bytes", [encode(image[0]).numpy()]))
 
 
 def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, version: int | None = None,
@@ -176,13 +178,14 @@ def calibration_images(spec: str, split: str = "train", count: int = 64, *, data
     them, one at a time.
 
     Random rather than the first `count`: datasets are often sorted by scene or city, and int8 ranges calibrated
-    on one kind of scene clip the others. (TFDS draws from shuffled files through a 256-example buffer.)
+    on one kind of scene clip the others. Only the images drawn are decoded (TFDS: one split slice each).
     """
     import random
 
     from keras_pspnet.data import load_source
     from keras_pspnet.data.folder import IMAGE_SUFFIXES
     from keras_pspnet.data.order import TrainingOrder
+    from keras_pspnet.data.tfds_sources import TFDS_SOURCES
     from keras_pspnet.predict import read_image
 
     if os.path.isdir(spec) and not os.path.isdir(os.path.join(spec, split)):
@@ -193,6 +196,11 @@ def calibration_images(spec: str, split: str = "train", count: int = 64, *, data
             yield read_image(os.path.join(spec, name))
         return
     size = int(load_source(spec, split, data_dir=data_dir, validate=False)[0].cardinality())
+    if spec in TFDS_SOURCES:  # records cannot be addressed by index in the stream: TFDS slices the split instead
+        for index in sorted(np.random.default_rng(seed).choice(size, min(count, size), replace=False)):
+            source, _ = load_source(spec, f"{split}[{index}:{index + 1}]", data_dir=data_dir)
+            yield next(iter(source))["image"].numpy()
+        return
     source, _ = load_source(spec, split, data_dir=data_dir, validate=False, order=TrainingOrder(seed))
     for example in source.take(min(count, size) if size > 0 else count):  # the first epoch: no repeats
         yield example["image"].numpy()
@@ -216,8 +224,10 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
 
 
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
-                  quantize: str = "none", calibration: Iterable[np.ndarray] | None = None) -> str:
+                  quantize: str = "none", calibration: Iterable[np.ndarray] | None = None,
+                  overwrite: bool = False) -> str:
     """Writes a .tflite (builtin ops only) and <path without .tflite>.json beside it; returns the .tflite path.
+    Existing files are refused unless `overwrite`, and are replaced only once the new ones are complete.
 
     The model takes uint8 RGB [1, height, width, 3] and returns "logits" float32 [1, height, width, classes]
     and "class_map" int32 [1, height, width]. quantize: "none" (fp32), "fp16" (weights) or "int8" (full
@@ -230,10 +240,16 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
-    for existing in (path, os.path.splitext(path)[0] + ".json"):
-        if os.path.exists(existing):
+    json_path = os.path.splitext(path)[0] + ".json"
+    for existing in (path, json_path):
+        if os.path.exists(existing) and not overwrite:
             raise FileExistsError(f"{existing}: already exists (use --force to replace it).")
     height, width = input_size
+    if quantize == "int8":  # first: a bad calibration source fails before the minutes of conversion
+        protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
+        images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
+        if not images:
+            raise ValueError("int8 quantization: the calibration data holds no images.")
     archive = _archive()
 
     def serve(images):
@@ -250,18 +266,16 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
         elif quantize == "int8":
-            protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
-            images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
-            if not images:
-                raise ValueError("int8 quantization: the calibration data holds no images.")
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([image] for image in images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         content = converter.convert()
-    with open(path, "wb") as f:
+    with open(path + ".tmp", "wb") as f:
         f.write(content)
-    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+    with open(json_path + ".tmp", "w") as f:
         json.dump(metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
                            outputs={"logits": "float32 [1, height, width, classes]",
                                     "class_map": "int32 [1, height, width]"}), f, indent=1)
+    os.replace(json_path + ".tmp", json_path)
+    os.replace(path + ".tmp", path)
     return path

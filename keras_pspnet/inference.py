@@ -159,6 +159,8 @@ def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, 
         if flip:
             windows = np.concatenate([windows, windows[:, :, ::-1]])
         outputs = np.asarray(predictor.predict_on_batch(windows), np.float32)
+        if not outputs.flags.writeable:  # softmax and the flip average work in place
+            outputs = outputs.copy()
         if softmax:
             outputs = _softmax(outputs)
         if flip:
@@ -242,12 +244,15 @@ def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None,
     protocol = protocol or own_protocol(predictor.metadata)
     image = np.asarray(image, np.float32)
     size, classes = image.shape[:2], predictor.num_classes
-    terms = list(_scale_terms(predictor, image, protocol, max_side, window_batch))
+    terms = _scale_terms(predictor, image, protocol, max_side, window_batch)  # lazily: one scaled image at a time
     to_probabilities = _softmax if protocol.style == "mmseg" else (lambda values: values)
-    if len(terms) == 1 and terms[0][0] == size and not terms[0][1]:
-        for start, band in terms[0][2]:
-            yield start, to_probabilities(band)
-        return
+    if len(protocol.scales) == 1 and not (protocol.style == "mmseg" and protocol.flip):
+        scaled_size, _, bands = next(terms)
+        if scaled_size == size:
+            for start, band in bands:
+                yield start, to_probabilities(band)
+            return
+        terms = iter([(scaled_size, False, bands)])
     maps = []
     for scaled_size, mirrored, bands in terms:
         scale_map = _gather(bands, (*scaled_size, classes))

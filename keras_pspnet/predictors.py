@@ -7,14 +7,12 @@ and `metadata` (classes, test protocol and source, as `keras_pspnet.model.model_
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
 import keras
 import numpy as np
 
-from keras_pspnet.console import native_output_hidden
 from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
@@ -87,11 +85,12 @@ class TFLitePredictor(_ExportedPredictor):
 
         super().__init__(path, os.path.splitext(path)[0] + ".json")
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+        shape = tuple(self.runner.get_input_details()["images"]["shape"])
+        if self.input_size != shape[1:3]:
+            raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its JSON says {self.input_size}")
         # The first call applies the XNNPACK delegate, which LiteRT announces on stderr ("INFO: Created ..."):
-        # made here, hidden when TensorFlow's log level hides INFO (as `pspnet` sets it unless --verbose).
-        quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("", "0")
-        with native_output_hidden((2,)) if quiet else contextlib.nullcontext():
-            self.runner(images=np.zeros((1, *self.input_size, 3), np.uint8))
+        # made here, so that whoever wants quiet can hide it around the construction (`pspnet` does).
+        self.runner(images=np.zeros(shape, np.uint8))
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
         if tuple(images.shape[1:3]) != self.input_size:

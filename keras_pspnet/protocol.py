@@ -52,6 +52,8 @@ class TestProtocol:
             value = getattr(self, name)
             if value is not None and (len(value) != 2 or min(value) < 1):
                 raise ValueError(f"{name} must be (height, width) >= 1, got {value}")
+        if self.crop and self.stride and (self.stride[0] > self.crop[0] or self.stride[1] > self.crop[1]):
+            raise ValueError(f"stride {self.stride} exceeds the crop {self.crop}: windows would leave gaps")
 
     @property
     def window_stride(self) -> tuple[int, int]:

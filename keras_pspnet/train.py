@@ -240,7 +240,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     def evaluate_now(step: int) -> None:
         if val_source is None or not out.chief:
             return
-        results = evaluate(model, val_source, info, protocol, progress=verbose)
+        results = evaluate(model, val_source, info, protocol, progress=verbose, max_side=config.eval_max_side)
         record = {"step": step, **{k: v for k, v in results.items() if k != "confusion"}}
         metrics.append(record)
         with writer.as_default():

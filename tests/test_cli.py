@@ -33,7 +33,8 @@ def test_help_and_presets_never_load_tensorflow(args):
 
 
 def test_import_keras_pspnet_registers_its_classes_with_keras_in_either_order():
-    for first, second in [("keras_pspnet", "keras"), ("keras", "keras_pspnet")]:
+    # TensorFlow's __init__ asks importlib.util.find_spec("keras") before it imports Keras
+    for first, second in [("keras_pspnet", "keras"), ("keras", "keras_pspnet"), ("keras_pspnet, tensorflow", "keras")]:
         code = (f"import {first}, {second}\n"
                 "print(keras.saving.get_registered_object('keras_pspnet>ClassLogits').__name__)")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
@@ -116,4 +117,5 @@ def test_verbose_goes_before_or_after_the_command_and_bad_numbers_are_refused(ca
     for option in ("--max-side", "--window-batch"):
         with pytest.raises(SystemExit):
             parser.parse_args(["predict", "--model", "m.keras", "x.jpg", "--out", "o", option, "0"])
-        assert "expected a positive integer, got '0'" in capsys.readouterr().err
+        assert capsys.readouterr().err == (f"pspnet: error: argument {option}: expected a positive integer, got '0' "
+                                           "(see `pspnet predict --help`)\n")

@@ -54,9 +54,12 @@ def test_layout_versions_warmup_and_metadata(exported):
     raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))]
     records = [prediction_log_pb2.PredictionLog.FromString(r) for r in raw]
     assert [r.SerializeToString() for r in records] == raw  # nothing unknown or lost
-    assert [r.predict_log.request.model_spec.signature_name for r in records] == ["serving_default", "encoded"] * 2
+    assert [r.predict_log.request.model_spec.signature_name for r in records] == \
+        ["serving_default", "encoded", "encoded"] * 2  # pixels, PNG and JPEG bytes
+    assert [tf.make_ndarray(r.predict_log.request.inputs["image_bytes"])[0][:2] for r in records[1:3]] == \
+        [b"\x89P", b"\xff\xd8"]
     loaded = tf.saved_model.load(path)
-    for record, size in zip(records, [(32, 48), (32, 48), (40, 24), (40, 24)]):
+    for record, size in zip(records, [(32, 48)] * 3 + [(40, 24)] * 3):
         request = record.predict_log.request  # run as TF Serving runs warmup requests at load
         inputs = {key: tf.constant(tf.make_ndarray(value)) for key, value in request.inputs.items()}
         answer = loaded.signatures[request.model_spec.signature_name](**inputs)["class_map"]
@@ -179,6 +182,19 @@ def test_calibration_images_are_drawn_at_random_over_the_split(tmp_path):
     write_folder(tmp_path / "dataset", count=3, classes=["a", "b", "c"])  # a split smaller than the count
     images = list(calibration_images(str(tmp_path / "dataset"), "train", count=10))
     assert len(images) == 3 and len({image.tobytes() for image in images}) == 3
+    import tensorflow_datasets as tfds
+
+    examples = np.arange(12, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 5, 3), np.uint8)
+
+    def as_dataset(self, split, **kwargs):  # TFDS with split slicing ("train[3:4]"), 12 examples
+        first, last = (int(v) for v in split[split.index("[") + 1 : -1].split(":")) if "[" in split else (0, 12)
+        return tf.data.Dataset.from_tensor_slices({"image": examples[first:last], "annotation": examples[first:last]})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        drawn = [int(image[0, 0, 0]) for image in calibration_images("scene_parse150", "train", count=5)]
+        assert len(set(drawn)) == 5 and drawn != list(range(5))
+        assert sorted(int(image[0, 0, 0]) for image in calibration_images("scene_parse150", count=50)) == \
+            list(range(12))
     scenes = list(calibration_images("context", "train", count=4))
     from keras_pspnet.data.context import context_scene
 

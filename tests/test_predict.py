@@ -94,7 +94,7 @@ def test_export_command_errors(setup, tmp_path):
                     "--warmup-size", "96x96,64x80", env={**ENV, "PYTHONPATH": str(tmp_path / "shim")})
     assert served.returncode == 0, served.stderr[-2000:]
     warmup = tmp_path / "serving" / "pspnet" / "1" / "assets.extra" / "tf_serving_warmup_requests"
-    assert sum(1 for _ in __import__("tensorflow").data.TFRecordDataset(str(warmup))) == 4
+    assert sum(1 for _ in __import__("tensorflow").data.TFRecordDataset(str(warmup))) == 6
     again = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1",
                    "--classes", "context")
     assert again.returncode == 2 and "version 1 already exists" in again.stderr

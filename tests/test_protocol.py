@@ -78,3 +78,5 @@ def test_protocols_round_trip_and_refuse_nonsense():
         TestProtocol.from_dict({"style": "mmseg", "tile": 3})
     with pytest.raises(ValueError, match="crop must be"):
         TestProtocol(mode="slide", crop=(0, 5))
+    with pytest.raises(ValueError, match="exceeds the crop"):
+        TestProtocol(mode="slide", crop=(20, 20), stride=(10, 21))

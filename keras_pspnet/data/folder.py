@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from keras_pspnet.data.classes import read_classes
-from keras_pspnet.data.image import decode_rgb, exif_orientation
+from keras_pspnet.data.image import EXIF_SEARCH_BYTES, decode_rgb, exif_orientation
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
@@ -37,6 +37,16 @@ def read_mask(path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+def _exif_orientation(head):  # traced once: eager, its few dozen ops would cost ADE20K's 20k images minutes
+    return exif_orientation(head)
+
+
+def _orientation(path: str) -> int:
+    with open(path, "rb") as f:
+        return int(_exif_orientation(tf.constant(f.read(EXIF_SEARCH_BYTES))))
+
+
 def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.ndarray:
     """Returns the mask's class values; raises a one-line error naming the file on any problem."""
     for path in (image_path, mask_path):
@@ -47,11 +57,11 @@ def _check_pair(image_path: str, mask_path: str, num_classes: int | None) -> np.
     try:
         with Image.open(image_path) as image:
             image.verify()
-            image_size = image.size
+            image_size, is_jpeg = image.size, image.format == "JPEG"
     except Exception as error:  # PIL raises many types for broken files
         raise ValueError(f"{image_path}: cannot read image ({error})") from None
     # decode_rgb turns a JPEG upright by its EXIF orientation (read here by the same parser); 5-8 swap the sides
-    orientation = int(exif_orientation(tf.io.read_file(image_path)))
+    orientation = _orientation(image_path) if is_jpeg else 1
     if orientation in (5, 6, 7, 8):
         image_size = image_size[::-1]
     try:

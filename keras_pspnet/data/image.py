@@ -6,7 +6,7 @@ import tensorflow as tf
 
 # EXIF's APP1 segment comes right after the start of image, or after a JFIF APP0 (the EXIF standard places it
 # there); segments are at most 64 KiB, so the first 128 KiB hold it in every conforming file.
-_EXIF_SEARCH_BYTES = 2**17
+EXIF_SEARCH_BYTES = 2**17
 _MAX_SEGMENTS = 32
 _MAX_IFD_ENTRIES = 64
 _ORIENTATION_TAG = 0x0112
@@ -19,18 +19,18 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     EXIF, and there is no EXIF op. Walks the JPEG segments to the APP1 "Exif" one, then reads the TIFF header's
     byte order and the first IFD's entries for tag 0x0112.
     """
-    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, _EXIF_SEARCH_BYTES), tf.uint8)
-    head = tf.cast(tf.pad(head, [[0, _EXIF_SEARCH_BYTES + 16 - tf.size(head)]]), tf.int32)
+    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, EXIF_SEARCH_BYTES), tf.uint8)
+    head = tf.cast(tf.pad(head, [[0, EXIF_SEARCH_BYTES + 16 - tf.size(head)]]), tf.int32)
 
     def byte(index):  # reads past the end are zeros, never errors
-        return tf.gather(head, tf.clip_by_value(index, 0, _EXIF_SEARCH_BYTES + 15))
+        return tf.gather(head, tf.clip_by_value(index, 0, EXIF_SEARCH_BYTES + 15))
 
     def big_endian16(index):
         return byte(index) * 256 + byte(index + 1)
 
     def walk_condition(step, position, found):
         marker = byte(position + 1)
-        return ((step < _MAX_SEGMENTS) & (found < 0) & (position < _EXIF_SEARCH_BYTES) & tf.equal(byte(position), 0xFF)
+        return ((step < _MAX_SEGMENTS) & (found < 0) & (position < EXIF_SEARCH_BYTES) & tf.equal(byte(position), 0xFF)
                 & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9))  # start of scan, end of image
 
     def walk_body(step, position, found):
