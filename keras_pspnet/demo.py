@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from keras_pspnet.config import load_config
+from keras_pspnet.console import native_output_hidden
 from keras_pspnet.data import CONTEXT_INFO, load_source
 from keras_pspnet.data.context import DEFAULT_SIZE
 from keras_pspnet.evaluate import evaluate
@@ -84,13 +85,12 @@ def run_demo(out_dir: str = "runs/quickstart", config_dir: str = "training/confi
     saved = export_saved_model(models["pspnet"], os.path.join(out_dir, "models", "pspnet"), info,
                                warmup_sizes=[(size, size)])
     tflite = os.path.join(out_dir, "pspnet_int8.tflite")
-    for earlier in (tflite, os.path.splitext(tflite)[0] + ".json"):  # the model and its metadata
-        if os.path.exists(earlier):
-            print(f"replacing the earlier demo export {earlier}")
-            os.remove(earlier)
+    if os.path.exists(tflite):
+        print(f"replacing the earlier demo export {tflite}")
     calibration, _ = load_source("context", "train", context_scenes=64, context_size=size)
-    export_tflite(models["pspnet"], tflite, info, input_size=(size, size), quantize="int8",
-                  calibration=[e["image"].numpy() for e in calibration])
+    with native_output_hidden():  # the TFLite quantizer prints its settings from C++
+        export_tflite(models["pspnet"], tflite, info, input_size=(size, size), quantize="int8",
+                      calibration=[e["image"].numpy() for e in calibration], overwrite=True)
     grid = os.path.join(out_dir, "context_demo.png")
     picture(list(source.take(24)), models["fcn"], models["pspnet"], grid)
     summary = {"table": table, "gain_miou_points": gain, "fcn": _brief(results["fcn"]),
