@@ -8,9 +8,10 @@ import struct
 import numpy as np
 from PIL import Image, ImageOps
 
-# JPEGs (one with a little-endian EXIF orientation 6 behind a JFIF header, one big-endian 8), 8-bit PNGs and
-# 16-bit PNGs.
-KINDS = ("jpeg", "jpeg_exif6", "jpeg_exif8", "rgb", "gray", "rgba", "palette", "gray16", "rgb16")
+# JPEGs (one with a little-endian EXIF orientation 6 behind a JFIF header, one big-endian 8), 8-bit PNGs,
+# 16-bit PNGs, and the other formats the decoder reads: GIF, BMP and (lossless) WebP.
+KINDS = ("jpeg", "jpeg_exif6", "jpeg_exif8", "rgb", "gray", "rgba", "palette", "gray16", "rgb16", "gif", "bmp",
+         "webp")
 
 
 def exif_block(orientation: int, little_endian: bool) -> bytes:
@@ -39,6 +40,9 @@ def sample_bytes(kind: str, rgb: np.ndarray) -> bytes:
 
         return tf.io.encode_png(wide).numpy()
     image = Image.fromarray(rgb)
+    if kind in ("gif", "bmp", "webp"):
+        image.save(buffer, format=kind.upper(), **({"lossless": True} if kind == "webp" else {}))
+        return buffer.getvalue()
     image = {"rgb": image, "gray": image.convert("L"), "rgba": image.convert("RGBA"),
              "palette": image.convert("P")}[kind]
     image.save(buffer, format="PNG")

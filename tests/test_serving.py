@@ -94,7 +94,8 @@ def every_format(trained_context_model, tmp_path_factory):
     scene = context_scene(7, 96, seed=3)["image"].numpy()[:, 12:84]
     paths = []
     for kind in KINDS:
-        paths.append(root / f"{kind}.{'jpg' if kind.startswith('jpeg') else 'png'}")
+        suffix = "jpg" if kind.startswith("jpeg") else kind if kind in ("gif", "bmp", "webp") else "png"
+        paths.append(root / f"{kind}.{suffix}")
         paths[-1].write_bytes(sample_bytes(kind, scene))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-m", "keras_pspnet.cli", "predict", "--model", trained_context_model,
