@@ -149,13 +149,12 @@ def _evaluate(args) -> None:
     protocol = _protocol(args, predictor)
     source, info = load_source(args.data, args.split, data_dir=args.data_dir, num_classes=args.num_classes,
                                context_size=args.context_size)
-    from keras_pspnet.inference import MAX_SIDE
-
-    max_side = args.max_side or MAX_SIDE
+    options = _inference_options(args)
+    max_side = options["max_side"]
     windows = f" (windows of {max_side} beyond {max_side} px)" if protocol.mode == "whole" and not protocol.resize \
         else ""
     print(f"test protocol: {protocol.describe()}{windows}")
-    results = evaluate(predictor, source, info, protocol, **_inference_options(args))
+    results = evaluate(predictor, source, info, protocol, **options)
     print(format_table(results))
     published = _published(predictor.metadata, protocol)
     if published and results["mIoU"] is not None:
@@ -163,7 +162,7 @@ def _evaluate(args) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "data": args.data, "split": args.split, "protocol": protocol.to_dict(),
-                       "max_side": max_side, "window_batch": args.window_batch,
+                       **options,
                        **results}, f, indent=1)
         print(f"wrote {args.json}")
 
@@ -245,9 +244,11 @@ def _positive_int(text: str) -> int:
 
 
 def _inference_options(args) -> dict:
-    """--max-side and --window-batch as keyword arguments of predict_labels (only those given)."""
-    return {key: value for key, value in (("max_side", args.max_side), ("window_batch", args.window_batch))
-            if value is not None}
+    """--max-side (default `keras_pspnet.inference.MAX_SIDE`) and --window-batch, as keyword arguments of
+    predict_labels."""
+    from keras_pspnet.inference import MAX_SIDE
+
+    return {"max_side": args.max_side or MAX_SIDE, "window_batch": args.window_batch}
 
 
 def _demo(args) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 
@@ -88,7 +90,7 @@ def _source_positions(out_size: int, in_size: int, start: int, stop: int, align_
 
 
 def resize_array(array: np.ndarray, size: tuple[int, int], align_corners: bool = False,
-            rows: tuple[int, int] | None = None) -> np.ndarray:
+                 rows: tuple[int, int] | None = None) -> np.ndarray:
     """Bilinear resize of an [H, W, C] float array to `size` (PyTorch / OpenCV / TensorFlow semantics), or only
     output rows `rows` = (start, stop) of it: a large result is made strip by strip, never whole.
 
@@ -182,14 +184,21 @@ def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, 
             base += done
 
 
+def _covering(bands, height: int):
+    """The (first row, rows) bands as they come, checked to cover all `height` rows once they are done."""
+    covered = 0
+    for start, band in bands:
+        yield start, band
+        covered += len(band)
+    if covered != height:
+        raise ValueError(f"inference produced {covered} of {height} rows")
+
+
 def _gather(bands, shape: tuple[int, ...]) -> np.ndarray:
     """The whole array of (first row, rows) bands, which must cover it."""
-    result, covered = np.empty(shape, np.float32), 0
-    for start, band in bands:
+    result = np.empty(shape, np.float32)
+    for start, band in _covering(bands, shape[0]):
         result[start : start + len(band)] = band
-        covered += len(band)
-    if covered != shape[0]:
-        raise ValueError(f"inference produced {covered} of {shape[0]} rows")
     return result
 
 
@@ -246,13 +255,12 @@ def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None,
     size, classes = image.shape[:2], predictor.num_classes
     terms = _scale_terms(predictor, image, protocol, max_side, window_batch)  # lazily: one scaled image at a time
     to_probabilities = _softmax if protocol.style == "mmseg" else (lambda values: values)
-    if len(protocol.scales) == 1 and not (protocol.style == "mmseg" and protocol.flip):
-        scaled_size, _, bands = next(terms)
-        if scaled_size == size:
-            for start, band in bands:
-                yield start, to_probabilities(band)
-            return
-        terms = iter([(scaled_size, False, bands)])
+    first = next(terms)
+    if first[0] == size and len(protocol.scales) == 1 and not (protocol.style == "mmseg" and protocol.flip):
+        for start, band in first[2]:  # the only term, at the image's size: its bands are the strips
+            yield start, to_probabilities(band)
+        return
+    terms = itertools.chain([first], terms)
     maps = []
     for scaled_size, mirrored, bands in terms:
         scale_map = _gather(bands, (*scaled_size, classes))
@@ -294,10 +302,7 @@ def predict_labels(model, image: np.ndarray, protocol: TestProtocol | None = Non
                    window_batch: int | None = None) -> np.ndarray:
     """The predicted class of each pixel, int32 [H, W]: the argmax of `predict_scores` (same arguments), made
     strip by strip so that the probabilities at the image's size are never held whole."""
-    labels, covered = np.empty(np.shape(image)[:2], np.int32), 0
-    for start, strip in _probability_strips(model, image, protocol, max_side, window_batch):
+    labels = np.empty(np.shape(image)[:2], np.int32)
+    for start, strip in _covering(_probability_strips(model, image, protocol, max_side, window_batch), len(labels)):
         labels[start : start + len(strip)] = strip.argmax(axis=-1)
-        covered += len(strip)
-    if covered != len(labels):
-        raise ValueError(f"inference produced {covered} of {len(labels)} rows")
     return labels

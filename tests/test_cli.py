@@ -43,8 +43,11 @@ def test_import_keras_pspnet_registers_its_classes_with_keras_in_either_order():
 
 def test_commands_are_quiet_unless_verbose(tmp_path):
     """No TensorFlow, absl or oneDNN lines: stderr holds only what the command says."""
+    import keras
+
     from keras_pspnet import build_pspnet
 
+    keras.utils.set_random_seed(0)  # whatever ran before: a random tiny model can quantise to ranges XNNPACK refuses
     build_pspnet(3, "resnet18", base_width=4, head_channels=8).save(tmp_path / "m.keras")
     quiet = pspnet("export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "serving"), "--warmup-size", "32x32")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
@@ -54,8 +57,9 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
     from PIL import Image
 
     (tmp_path / "photos").mkdir()
-    for i in range(2):
-        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / "photos" / f"{i}.png")
+    for i in range(2):  # noise: calibration ranges that are not degenerate
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "photos" / f"{i}.png")
     int8 = pspnet("export", str(tmp_path / "m.keras"), "--format", "tflite", "--input-size", "32x32", "--quantize",
                   "int8", "--calibration", str(tmp_path / "photos"), "--out", str(tmp_path / "m.tflite"))
     assert int8.returncode == 0 and int8.stderr == "", int8.stderr  # the quantizer's C++ print is hidden too

@@ -34,10 +34,11 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
                 & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9))  # start of scan, end of image
 
     def walk_body(step, position, found):
-        fill = tf.equal(byte(position + 1), 0xFF)  # a marker may be preceded by any number of 0xFF fill bytes
+        marker = byte(position + 1)
         signature = byte(position + 4 + tf.range(6))
-        is_exif = tf.equal(byte(position + 1), 0xE1) & tf.reduce_all(tf.equal(signature, [69, 120, 105, 102, 0, 0]))
-        following = tf.where(fill, position + 1, position + 2 + big_endian16(position + 2))
+        is_exif = tf.equal(marker, 0xE1) & tf.reduce_all(tf.equal(signature, [69, 120, 105, 102, 0, 0]))
+        # a marker may be preceded by any number of 0xFF fill bytes
+        following = tf.where(tf.equal(marker, 0xFF), position + 1, position + 2 + big_endian16(position + 2))
         return step + 1, following, tf.where(is_exif, position + 10, found)
 
     _, _, tiff = tf.while_loop(walk_condition, walk_body, (0, 2, -1))
