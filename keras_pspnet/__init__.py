@@ -12,7 +12,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _EXPORTS = {
     "PRESETS": "presets", "list_presets": "presets", "from_preset": "presets",

@@ -175,8 +175,8 @@ def _export(args) -> None:
     model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
-        if args.quantize != "none" or args.input_size or args.calibration:
-            raise ValueError("--quantize, --input-size and --calibration are for --format tflite")
+        if args.quantize != "none" or args.input_size or args.calibration or args.outputs:
+            raise ValueError("--quantize, --input-size, --outputs and --calibration are for --format tflite")
         path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,
                                   warmup_sizes=[_size(size) for size in args.warmup_size.split(",")]
                                   if args.warmup_size != "none" else [])
@@ -195,8 +195,9 @@ def _export(args) -> None:
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
         path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
-                             calibration=calibration, overwrite=args.force)
-    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}) "
+                             outputs=args.outputs or "confidences", calibration=calibration, overwrite=args.force)
+    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, "
+          f"{args.outputs or 'confidences'}) "
           f"and {os.path.splitext(path)[0]}.json")
 
 
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "load, HxW[,HxW...] (the sizes clients will send), or none")
     export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
     export.add_argument("--input-size", help="TFLite input size HxW")
+    export.add_argument("--outputs", choices=("confidences", "class_map"),
+                        help="TFLite output: confidences [1,H,W,classes] (default: MediaPipe ImageSegmenter's layout) "
+                        "or class_map [1,H,W] uint8 class indices")
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
     export.add_argument("--calibration-split", default="train")

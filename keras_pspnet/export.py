@@ -19,6 +19,10 @@ from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
 QUANTIZATIONS = ("none", "fp16", "int8")
+TFLITE_OUTPUTS = ("confidences", "class_map")
+MIN_CALIBRATION_IMAGES = 16  # int8 activation ranges are min/max over the calibration windows: too few clip others
+# The runtimes whose loading and results CI checks (tests/test_tflite_runtimes.py); the JSON states them.
+TESTED_RUNTIMES = {"ai-edge-litert": "2.3.0", "mediapipe": "1.2.3"}
 
 
 def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
@@ -224,20 +228,33 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
 
 
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
-                  quantize: str = "none", calibration: Iterable[np.ndarray] | None = None,
+                  quantize: str = "none", outputs: str = "confidences", calibration: Iterable[np.ndarray] | None = None,
                   overwrite: bool = False) -> str:
-    """Writes a .tflite (builtin ops only) and <path without .tflite>.json beside it; returns the .tflite path.
-    Existing files are refused unless `overwrite`, and are replaced only once the new ones are complete.
+    """Writes a .tflite (builtin ops only) with TFLite metadata, and <path without .tflite>.json beside it; returns
+    the .tflite path. Existing files are refused unless `overwrite`, and are replaced only once the new ones are
+    complete.
 
-    The model takes uint8 RGB [1, height, width, 3] and returns "logits" float32 [1, height, width, classes]
-    and "class_map" int32 [1, height, width]. quantize: "none" (fp32), "fp16" (weights) or "int8" (full
-    integer: weights and activations, calibrated on `calibration`: uint8 images [height, width, 3] of any size,
-    each turned into the window the model sees by `calibration_window`).
-    An auxiliary head is dropped (`inference_model`).
+    The model takes uint8 RGB [1, height, width, 3] (normalised inside) and has one output, laid out as on-device
+    segmentation APIs expect (`outputs`):
+    - "confidences": [1, height, width, classes] class probabilities, float32, or uint8 (probability x 256) in an
+      int8 model: MediaPipe's ImageSegmenter layout (its category mask is their argmax);
+    - "class_map": [1, height, width] uint8 class indices, for apps that post-process themselves (<= 256 classes).
+    The metadata holds the class names (MediaPipe's `labels`) and our metadata JSON (`tflite_metadata`).
+    quantize: "none" (fp32), "fp16" (weights) or "int8" (full integer: weights and activations, calibrated on
+    `calibration`: at least MIN_CALIBRATION_IMAGES uint8 images [height, width, 3] of any size, each turned into
+    the window the model sees by `calibration_window`). An auxiliary head is dropped (`inference_model`).
     """
+    from keras_pspnet import __version__, tflite_metadata
+
     model = inference_model(model)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
+    if outputs not in TFLITE_OUTPUTS:
+        raise ValueError(f"outputs must be one of {list(TFLITE_OUTPUTS)}, got {outputs!r}.")
+    classes = int(model.output.shape[-1])
+    if outputs == "class_map" and classes > 256:
+        raise ValueError(f"--outputs class_map holds class indices as uint8 (at most 256 classes); this model has "
+                         f"{classes}: use --outputs confidences")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
@@ -248,13 +265,16 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     if quantize == "int8":  # first: a bad calibration source fails before the minutes of conversion
         protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
         images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
-        if not images:
-            raise ValueError("int8 quantization: the calibration data holds no images.")
+        if len(images) < MIN_CALIBRATION_IMAGES:
+            raise ValueError(f"int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images to set "
+                             f"its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
 
     def serve(images):
         logits = _logits(model, images)
-        return {"logits": logits, "class_map": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+        if outputs == "class_map":
+            return {"class_map": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
+        return {"confidences": tf.nn.softmax(logits)}  # after the upsampling: the argmax is the Keras model's
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
@@ -269,13 +289,17 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([image] for image in images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_output_type = tf.uint8  # probabilities x 256: no float tensor at full resolution
         content = converter.convert()
+    output_type = "float32" if quantize != "int8" and outputs == "confidences" else "uint8"
+    shape = "[1, height, width, classes]" if outputs == "confidences" else "[1, height, width]"
+    meta = metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
+                    outputs={outputs: f"{output_type} {shape}"}, tested_runtimes=TESTED_RUNTIMES)
+    content = tflite_metadata.populate(content, meta, outputs, f"PSPNet {quantize} {outputs}", __version__)
     with open(path + ".tmp", "wb") as f:
         f.write(content)
     with open(json_path + ".tmp", "w") as f:
-        json.dump(metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
-                           outputs={"logits": "float32 [1, height, width, classes]",
-                                    "class_map": "int32 [1, height, width]"}), f, indent=1)
+        json.dump(meta, f, indent=1)
     os.replace(json_path + ".tmp", json_path)
     os.replace(path + ".tmp", path)
     return path

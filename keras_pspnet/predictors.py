@@ -33,15 +33,18 @@ class KerasPredictor:
 
 
 class _ExportedPredictor:
-    """Classes, normalisation mean, input size and protocol come from the metadata JSON of `keras_pspnet.export`."""
+    """Classes, normalisation mean, input size and protocol come from the metadata JSON of `keras_pspnet.export`
+    (`metadata`, where the model file holds it, else the file at `metadata_path`)."""
 
-    def __init__(self, path: str, metadata_path: str):
+    def __init__(self, path: str, metadata_path: str, metadata: dict | None = None):
         self.path = path
-        try:
-            with open(metadata_path) as f:
-                self.metadata = json.load(f)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {error})") from None
+        if metadata is None:
+            try:
+                with open(metadata_path) as f:
+                    metadata = json.load(f)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {error})") from None
+        self.metadata = metadata
         try:
             self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
             self.num_classes = len(self.metadata["classes"])
@@ -74,7 +77,12 @@ class SavedModelPredictor(_ExportedPredictor):
 
 
 class TFLitePredictor(_ExportedPredictor):
-    """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size)."""
+    """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size).
+
+    Its one output becomes the logits of the predictor interface: confidences as their logarithm (logits up to
+    a shift that is the same for every class, so softmax returns them and every test protocol the same labels),
+    a class map one-hot.
+    """
 
     def __init__(self, path: str, threads: int = 2):
         try:
@@ -82,12 +90,19 @@ class TFLitePredictor(_ExportedPredictor):
         except ImportError:
             raise ImportError(f"{path}: running a .tflite needs the LiteRT interpreter: pip install ai-edge-litert "
                               "(the [serving] extra)") from None
+        from keras_pspnet.tflite_metadata import packed_json
 
-        super().__init__(path, os.path.splitext(path)[0] + ".json")
+        super().__init__(path, os.path.splitext(path)[0] + ".json", packed_json(path))
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
         shape = tuple(self.runner.get_input_details()["images"]["shape"])
         if self.input_size != shape[1:3]:
-            raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its JSON says {self.input_size}")
+            raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its metadata says {self.input_size}")
+        outputs = self.runner.get_output_details()
+        if len(outputs) != 1 or not outputs.keys() & {"confidences", "class_map"}:
+            raise ValueError(f"{path}: has outputs {sorted(outputs)}, not one of confidences or class_map (a .tflite "
+                             "of keras-pspnet <= 0.3: export it again with `pspnet export`)")
+        (self.output, details), = outputs.items()
+        self.scale, self.zero_point = details["quantization"]
         # The first call applies the XNNPACK delegate, which LiteRT announces on stderr ("INFO: Created ..."):
         # made here, so that whoever wants quiet can hide it around the construction (`pspnet` does).
         self.runner(images=np.zeros(shape, np.uint8))
@@ -96,8 +111,13 @@ class TFLitePredictor(_ExportedPredictor):
         if tuple(images.shape[1:3]) != self.input_size:
             raise ValueError(f"{self.path}: takes {self.input_size[0]}x{self.input_size[1]} images, got "
                              f"{images.shape[1]}x{images.shape[2]} (use --mode slide, or export with --input-size)")
-        return np.concatenate([self.runner(images=np.clip(np.round(image), 0, 255).astype(np.uint8)[None])["logits"]
-                               for image in images])
+        pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
+        values = np.concatenate([self.runner(images=image[None])[self.output] for image in pixels])
+        if self.output == "class_map":
+            return np.eye(self.num_classes, dtype=np.float32)[values]
+        if self.scale:  # uint8 confidences: probability x 256; an empty bin (below 1/256) counts as 1/512
+            values = np.maximum(values.astype(np.float32) - self.zero_point, 0.5) * np.float32(self.scale)
+        return np.log(np.maximum(values, np.float32(1e-30)))
 
 
 def as_predictor(model):

@@ -57,7 +57,7 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
     from PIL import Image
 
     (tmp_path / "photos").mkdir()
-    for i in range(2):  # noise: calibration ranges that are not degenerate
+    for i in range(16):  # noise: calibration ranges that are not degenerate
         pixels = np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / "photos" / f"{i}.png")
     int8 = pspnet("export", str(tmp_path / "m.keras"), "--format", "tflite", "--input-size", "32x32", "--quantize",

@@ -83,8 +83,12 @@ def test_export_command_errors(setup, tmp_path):
     result = pspnet("export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite",
                     "--input-size", "96x96", "--quantize", "int8")
     assert result.returncode == 2 and "needs calibration images" in result.stderr
+    few = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
+                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8")
+    assert few.returncode == 2 and few.stderr == "pspnet: error: int8 quantization needs at least 16 calibration " \
+        "images to set its activation ranges; the calibration data gave 8\n"
     ok = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
-                "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8",
+                "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "16",
                 "--classes", "context")
     assert ok.returncode == 0, ok.stderr[-2000:]
     # as right after `pip install -e ".[cpu]"`: no tensorflow-serving-api

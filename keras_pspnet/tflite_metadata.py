@@ -1,0 +1,148 @@
+"""TFLite metadata: the labels and descriptions that MediaPipe Tasks (ImageSegmenter) and LiteRT's support
+library read from a .tflite, and our own metadata JSON packed beside them.
+
+Written with `flatbuffers` alone, after mediapipe/tasks/metadata/metadata_schema.fbs (field numbers below). The
+writers that exist ship in `mediapipe`, whose opencv-contrib dependency replaces the OpenCV our tests compare
+with, and in `tflite-support`, which no longer installs beside TF 2.21: exporting needs neither.
+tests/test_tflite_runtimes.py checks what is written here against MediaPipe's own writer and reader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import flatbuffers
+import numpy as np
+
+JSON_FILE = "pspnet.json"  # our metadata (classes with colours, normalisation, protocol), packed into the .tflite
+LABELS_FILE = "labels.txt"  # one class name per line: MediaPipe's `labels`, LiteRT support library's label map
+
+_RGB, _GRAYSCALE = 1, 2  # ColorSpaceType
+_UNKNOWN, _AXIS_LABELS, _VALUE_LABELS = 0, 2, 3  # AssociatedFileType
+_IMAGE_PROPERTIES, _NORMALIZATION = 2, 1  # ContentProperties, ProcessUnitOptions unions
+
+
+def _table(builder: flatbuffers.Builder, fields: int, slots: dict) -> int:
+    """A table from {slot: (kind, value)} with children already built (kinds: "offset", "int8", "uint8")."""
+    builder.StartObject(fields)
+    for slot, (kind, value) in sorted(slots.items()):
+        if kind == "offset":
+            builder.PrependUOffsetTRelativeSlot(slot, value, 0)
+        elif kind == "int8":
+            builder.PrependInt8Slot(slot, value, 0)
+        elif kind == "int32":
+            builder.PrependInt32Slot(slot, value, 0)
+        else:
+            builder.PrependUint8Slot(slot, value, 0)
+    return builder.EndObject()
+
+
+def _offsets(builder: flatbuffers.Builder, items: list[int]) -> int:
+    builder.StartVector(4, len(items), 4)
+    for item in reversed(items):
+        builder.PrependUOffsetTRelative(item)
+    return builder.EndVector()
+
+
+def _floats(builder: flatbuffers.Builder, values: list[float]) -> int:
+    return builder.CreateNumpyVector(np.asarray(values, np.float32))
+
+
+def _file(builder: flatbuffers.Builder, name: str, description: str, kind: int) -> int:
+    name, description = builder.CreateString(name), builder.CreateString(description)
+    return _table(builder, 5, {0: ("offset", name), 1: ("offset", description), 2: ("int8", kind)})
+
+
+def _tensor(builder: flatbuffers.Builder, name: str, description: str, *, color_space: int, files=(),
+            content_range: tuple[int, int] | None = None, process_units=(), stats: tuple[float, float] | None = None):
+    name, description = builder.CreateString(name), builder.CreateString(description)
+    properties = _table(builder, 2, {0: ("int8", color_space)})
+    content_slots = {0: ("uint8", _IMAGE_PROPERTIES), 1: ("offset", properties)}
+    if content_range:  # which dimensions hold the image (ValueRange: min, max)
+        content_slots[2] = ("offset", _table(builder, 2, {0: ("int32", content_range[0]),
+                                                          1: ("int32", content_range[1])}))
+    slots = {0: ("offset", name), 1: ("offset", description), 3: ("offset", _table(builder, 3, content_slots))}
+    if process_units:
+        slots[4] = ("offset", _offsets(builder, list(process_units)))
+    if stats:
+        maximum, minimum = _floats(builder, [stats[1]]), _floats(builder, [stats[0]])
+        slots[5] = ("offset", _table(builder, 2, {0: ("offset", maximum), 1: ("offset", minimum)}))
+    if files:
+        slots[6] = ("offset", _offsets(builder, list(files)))
+    return _table(builder, 7, slots)
+
+
+def _segmenter_options() -> bytes:
+    """MediaPipe's ImageSegmenterOptions (image_segmenter_metadata_schema.fbs): activation NONE, because the
+    confidences are probabilities already."""
+    builder = flatbuffers.Builder(0)
+    builder.Finish(_table(builder, 2, {0: ("int8", 0)}), file_identifier=b"V001")
+    return bytes(builder.Output())
+
+
+def metadata_buffer(class_names: list[str], layout: str, description: str, version: str) -> bytes:
+    """The ModelMetadata flatbuffer of a segmentation .tflite with one uint8 RGB input and one output of `layout`:
+    "confidences" [1, H, W, classes] (MediaPipe ImageSegmenter's layout) or "class_map" [1, H, W]."""
+    builder = flatbuffers.Builder(1024)
+    identity = _floats(builder, [0.0]), _floats(builder, [1.0])
+    normalization = _table(builder, 2, {0: ("offset", identity[0]), 1: ("offset", identity[1])})
+    unit = _table(builder, 2, {0: ("uint8", _NORMALIZATION), 1: ("offset", normalization)})
+    image = _tensor(builder, "image", "RGB pixels 0-255 (uint8); the model normalises them itself",
+                    color_space=_RGB, process_units=[unit], stats=(0.0, 255.0))
+    if layout == "confidences":
+        labels = _file(builder, LABELS_FILE, "class names, one per channel", _AXIS_LABELS)
+        output = _tensor(builder, "confidences", "class probabilities (softmax) per pixel, one channel per class; "
+                         "uint8 in int8 models: probability x 256", color_space=_GRAYSCALE, files=[labels],
+                         content_range=(1, 2))
+    else:
+        labels = _file(builder, LABELS_FILE, "class names, one per class index", _VALUE_LABELS)
+        output = _tensor(builder, "class_map", "the class index of each pixel (uint8)", color_space=_GRAYSCALE,
+                         files=[labels], content_range=(1, 2))
+    slots = {2: ("offset", _offsets(builder, [image])), 3: ("offset", _offsets(builder, [output]))}
+    if layout == "confidences":
+        name, data = builder.CreateString("SEGMENTER_METADATA"), builder.CreateByteVector(_segmenter_options())
+        slots[9] = ("offset", _offsets(builder, [_table(builder, 2, {0: ("offset", name), 1: ("offset", data)})]))
+    subgraph = _table(builder, 10, slots)
+    packed = _file(builder, JSON_FILE, "keras-pspnet metadata: classes with names and colours, normalisation done "
+                   "inside, test protocol, source", _UNKNOWN)
+    parser = "1.5.0" if layout == "confidences" else "1.0.0"  # subgraph custom_metadata came with parser 1.5.0
+    strings = [builder.CreateString(text) for text in ("PSPNet", description, version, "keras-pspnet", parser)]
+    model = _table(builder, 8, {0: ("offset", strings[0]), 1: ("offset", strings[1]), 2: ("offset", strings[2]),
+                                3: ("offset", _offsets(builder, [subgraph])), 4: ("offset", strings[3]),
+                                6: ("offset", _offsets(builder, [packed])), 7: ("offset", strings[4])})
+    builder.Finish(model, file_identifier=b"M001")
+    return bytes(builder.Output())
+
+
+def populate(model: bytes, meta: dict, layout: str, description: str, version: str) -> bytes:
+    """`model` with its metadata: the ModelMetadata buffer under "TFLITE_METADATA" in the model's flatbuffer, and
+    the labels file and `meta` as JSON in a zip archive appended to it (where TFLite metadata keeps its files)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = [entry["name"] for entry in meta["classes"]]
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(metadata_buffer(names, layout, description, version), np.uint8)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = b"TFLITE_METADATA", len(tree.buffers)
+    tree.buffers.append(buffer)
+    tree.metadata = [*(tree.metadata or []), entry]
+    builder = flatbuffers.Builder(len(model) + 2**16)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    packed = io.BytesIO()
+    packed.write(builder.Output())
+    with zipfile.ZipFile(packed, "a") as archive:  # offsets count from the file's start, as MediaPipe reads them
+        archive.writestr(LABELS_FILE, "\n".join(names) + "\n")
+        archive.writestr(JSON_FILE, json.dumps(meta, indent=1))
+    return packed.getvalue()
+
+
+def packed_json(path: str) -> dict | None:
+    """The metadata JSON packed into a .tflite by `populate`, or None (a .tflite without it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(JSON_FILE))
+    except (zipfile.BadZipFile, KeyError):
+        return None
