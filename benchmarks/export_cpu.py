@@ -3,7 +3,7 @@
     python benchmarks/export_cpu.py [--size 473] [--classes 150] [--repeats 5] [--threads 2]
 
 PSPNet-R50 and PSPNet-MobileNetV2 (presets), batch 1. Weights are random (speed and size do not depend on
-them); int8 is calibrated on 8 synthetic scenes. Latency: median of `--repeats` runs after a warm-up.
+them); int8 is calibrated on 16 synthetic scenes. Latency: median of `--repeats` runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     size = (args.size, args.size)
     info = DatasetInfo("bench", tuple(f"class_{i}" for i in range(args.classes)), default_colors(args.classes))
     image = context_scene(0, args.size)["image"].numpy()
-    calibration = [context_scene(i, args.size, seed=9)["image"].numpy() for i in range(8)]
+    calibration = [context_scene(i, args.size, seed=9)["image"].numpy() for i in range(16)]
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for preset in args.presets.split(","):

@@ -1,7 +1,7 @@
 """Peak memory and latency of the .tflite layouts as a phone runs them: LiteRT, XNNPACK, 2 threads, batch 1.
 
     python benchmarks/tflite_android.py export DIR [--size 473] [--classes 19,150] [--quantize none,int8]
-        [--layouts confidences,class_map] [--presets pspnet_mobilenet_v2,pspnet_resnet50]
+        [--layouts scores,class_map] [--presets pspnet_mobilenet_v2,pspnet_resnet50]
     python benchmarks/tflite_android.py measure DIR... [--runs 10] [--threads 2]
 
 `export` writes one .tflite per preset, class count, quantization and layout (random weights: memory and speed do
@@ -10,7 +10,7 @@ package's default layout, which is how the layout of an earlier version is measu
 version's package on the PYTHONPATH. `measure` runs each file in a fresh process (LiteRT alone, no TensorFlow):
 loads it, runs it once (XNNPACK applies its delegate), then `--runs` more times, and prints a table of the
 peak RSS of that process (Python and LiteRT included) and the median latency; `--mediapipe` adds the median
-latency of MediaPipe's ImageSegmenter on each confidences model (category mask; load failures are shown).
+latency of MediaPipe's ImageSegmenter on each scores model (category mask; load failures are shown).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ for _ in range(runs):
     del outputs
 print(json.dumps({"before": before / 1024, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "ms": 1000 * statistics.median(times),
-                  "outputs": {k: f"{v['dtype'].__name__} {list(v['shape'])}"
+                  "outputs": {k: f"{v['dtype'].__name__} {v['shape'].tolist()}"
                               for k, v in runner.get_output_details().items()}}))
 """
 
@@ -114,7 +114,7 @@ def measure(args) -> None:
         if args.mediapipe:  # its category mask; MediaPipe takes the per-class layout only
             height, width = next(v for v in row["outputs"].values()).split("[")[1].split(", ")[1:3]
             result = subprocess.run([sys.executable, "-c", MEDIAPIPE, path, str(args.runs), height, width],
-                                    capture_output=True, text=True) if "confidences" in row["outputs"] else None
+                                    capture_output=True, text=True) if "scores" in row["outputs"] else None
             mediapipe = " - |" if result is None else f" {float(result.stdout.split()[-1]):.0f} |" \
                 if result.returncode == 0 else f" fails: {result.stderr.strip().splitlines()[-1][:80]} |"
         print(f"| {os.path.relpath(path)} | {outputs} | {os.path.getsize(path) / 2**20:.1f} | {row['before']:.0f} | "
@@ -129,7 +129,7 @@ def main() -> None:
     exporting.add_argument("--size", type=int, default=473)
     exporting.add_argument("--classes", default="19,150")
     exporting.add_argument("--quantize", default="none,int8")
-    exporting.add_argument("--layouts", default="confidences,class_map")
+    exporting.add_argument("--layouts", default="scores,class_map")
     exporting.add_argument("--presets", default="pspnet_mobilenet_v2,pspnet_resnet50")
     exporting.set_defaults(run=export)
     measuring = commands.add_parser("measure")
@@ -137,7 +137,7 @@ def main() -> None:
     measuring.add_argument("--runs", type=int, default=10)
     measuring.add_argument("--threads", type=int, default=2)
     measuring.add_argument("--mediapipe", action="store_true",
-                           help="also run each confidences model in MediaPipe's ImageSegmenter (its own threads)")
+                           help="also run each scores model in MediaPipe's ImageSegmenter (its own threads)")
     measuring.set_defaults(run=measure)
     args = parser.parse_args()
     args.run(args)

@@ -195,9 +195,9 @@ def _export(args) -> None:
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
         path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
-                             outputs=args.outputs or "confidences", calibration=calibration, overwrite=args.force)
+                             outputs=args.outputs or "scores", calibration=calibration, overwrite=args.force)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, "
-          f"{args.outputs or 'confidences'}) "
+          f"{args.outputs or 'scores'}) "
           f"and {os.path.splitext(path)[0]}.json")
 
 
@@ -370,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "load, HxW[,HxW...] (the sizes clients will send), or none")
     export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
     export.add_argument("--input-size", help="TFLite input size HxW")
-    export.add_argument("--outputs", choices=("confidences", "class_map"),
-                        help="TFLite output: confidences [1,H,W,classes] (default: MediaPipe ImageSegmenter's layout) "
-                        "or class_map [1,H,W] uint8 class indices")
+    export.add_argument("--outputs", choices=("scores", "class_map"),
+                        help="TFLite output: scores [1,H,W,classes] log-probabilities (default; MediaPipe "
+                        "ImageSegmenter's layout) or class_map [1,H,W] uint8 class indices")
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
     export.add_argument("--calibration-split", default="train")

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
+import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,7 +20,7 @@ from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
 QUANTIZATIONS = ("none", "fp16", "int8")
-TFLITE_OUTPUTS = ("confidences", "class_map")
+TFLITE_OUTPUTS = ("scores", "class_map")
 MIN_CALIBRATION_IMAGES = 16  # int8 activation ranges are min/max over the calibration windows: too few clip others
 # The runtimes whose loading and results CI checks (tests/test_tflite_runtimes.py); the JSON states them.
 TESTED_RUNTIMES = {"ai-edge-litert": "2.3.0", "mediapipe": "1.2.3"}
@@ -227,8 +228,37 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
     return window.round().clip(0, 255).astype(np.uint8)
 
 
+def _quantize_before_upsampling(content: bytes) -> bytes:
+    """An int8 "scores" .tflite whose uint8 output is requantized before the final bilinear resize, not after.
+
+    The converter appends the QUANTIZE (int8 -> uint8: same scale, zero point + 128) after the resize, so the
+    full-resolution scores exist twice. The resize commutes with that shift exactly (its weights sum to one), so
+    converting the classifier's map first gives the same bytes with one full-resolution tensor. A model not
+    ending in RESIZE_BILINEAR -> QUANTIZE is returned as it is (tests/test_tflite_runtimes.py counts them).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
+    graph, codes = tree.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in tree.operatorCodes]
+    resize, quantize = graph.operators[-2:]
+    if (codes[resize.opcodeIndex], codes[quantize.opcodeIndex]) != (schema.BuiltinOperator.RESIZE_BILINEAR,
+                                                                     schema.BuiltinOperator.QUANTIZE) \
+            or quantize.inputs[0] != resize.outputs[0] or list(quantize.outputs) != list(graph.outputs):
+        return content
+    source, between, output = resize.inputs[0], resize.outputs[0], quantize.outputs[0]
+    low, middle = graph.tensors[source], graph.tensors[between]
+    middle.shape, middle.shapeSignature = low.shape, low.shapeSignature
+    middle.type, middle.quantization = graph.tensors[output].type, graph.tensors[output].quantization
+    quantize.inputs, quantize.outputs = np.array([source], np.int32), np.array([between], np.int32)
+    resize.inputs, resize.outputs = np.array([between, *resize.inputs[1:]], np.int32), np.array([output], np.int32)
+    graph.operators[-2:] = [quantize, resize]
+    builder = flatbuffers.Builder(len(content) + 2**16)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
-                  quantize: str = "none", outputs: str = "confidences", calibration: Iterable[np.ndarray] | None = None,
+                  quantize: str = "none", outputs: str = "scores", calibration: Iterable[np.ndarray] | None = None,
                   overwrite: bool = False) -> str:
     """Writes a .tflite (builtin ops only) with TFLite metadata, and <path without .tflite>.json beside it; returns
     the .tflite path. Existing files are refused unless `overwrite`, and are replaced only once the new ones are
@@ -236,8 +266,9 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
 
     The model takes uint8 RGB [1, height, width, 3] (normalised inside) and has one output, laid out as on-device
     segmentation APIs expect (`outputs`):
-    - "confidences": [1, height, width, classes] class probabilities, float32, or uint8 (probability x 256) in an
-      int8 model: MediaPipe's ImageSegmenter layout (its category mask is their argmax);
+    - "scores": [1, height, width, classes] log-probabilities, float32, or uint8 in an int8 model (dequantized:
+      at least -16). They are the logits up to a shift per pixel: their argmax is the Keras model's class and
+      their softmax its probabilities, which MediaPipe's ImageSegmenter computes (the metadata says "softmax").
     - "class_map": [1, height, width] uint8 class indices, for apps that post-process themselves (<= 256 classes).
     The metadata holds the class names (MediaPipe's `labels`) and our metadata JSON (`tflite_metadata`).
     quantize: "none" (fp32), "fp16" (weights) or "int8" (full integer: weights and activations, calibrated on
@@ -254,7 +285,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     classes = int(model.output.shape[-1])
     if outputs == "class_map" and classes > 256:
         raise ValueError(f"--outputs class_map holds class indices as uint8 (at most 256 classes); this model has "
-                         f"{classes}: use --outputs confidences")
+                         f"{classes}: use --outputs scores")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
@@ -269,12 +300,18 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             raise ValueError(f"int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images to set "
                              f"its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
+    upsample = model.get_layer("classifier_resize")
+    classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
 
     def serve(images):
-        logits = _logits(model, images)
         if outputs == "class_map":
-            return {"class_map": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
-        return {"confidences": tf.nn.softmax(logits)}  # after the upsampling: the argmax is the Keras model's
+            return {"class_map": tf.cast(tf.argmax(_logits(model, images), axis=-1), tf.uint8)}
+        # Log-softmax, then the upsampling: a bilinear resize is linear, so this equals log-softmax after it up to
+        # a shift per pixel, which softmax and argmax ignore. The other order would hold two full-resolution
+        # tensors (the resize's, the softmax's); softmax before a resize of probabilities changes the argmax
+        # (98.7% of pixels agreed with the Keras model on our test scenes).
+        pixels = tf.cast(images, model.input.dtype)
+        return {"scores": upsample([tf.nn.log_softmax(classifier(pixels, training=False)), pixels])}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
@@ -289,10 +326,12 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([image] for image in images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_output_type = tf.uint8  # probabilities x 256: no float tensor at full resolution
+            converter.inference_output_type = tf.uint8
         content = converter.convert()
-    output_type = "float32" if quantize != "int8" and outputs == "confidences" else "uint8"
-    shape = "[1, height, width, classes]" if outputs == "confidences" else "[1, height, width]"
+    if quantize == "int8" and outputs == "scores":
+        content = _quantize_before_upsampling(content)
+    output_type = "float32" if quantize != "int8" and outputs == "scores" else "uint8"
+    shape = "[1, height, width, classes]" if outputs == "scores" else "[1, height, width]"
     meta = metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
                     outputs={outputs: f"{output_type} {shape}"}, tested_runtimes=TESTED_RUNTIMES)
     content = tflite_metadata.populate(content, meta, outputs, f"PSPNet {quantize} {outputs}", __version__)

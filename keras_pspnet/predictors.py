@@ -79,9 +79,9 @@ class SavedModelPredictor(_ExportedPredictor):
 class TFLitePredictor(_ExportedPredictor):
     """A .tflite from `pspnet export --format tflite`, run by the LiteRT interpreter (fixed input size).
 
-    Its one output becomes the logits of the predictor interface: confidences as their logarithm (logits up to
-    a shift that is the same for every class, so softmax returns them and every test protocol the same labels),
-    a class map one-hot.
+    Its one output becomes the logits of the predictor interface: scores as they are (log-probabilities: the
+    logits up to a shift per pixel, so softmax, argmax and every test protocol's labels are the same), a class
+    map one-hot.
     """
 
     def __init__(self, path: str, threads: int = 2):
@@ -98,8 +98,8 @@ class TFLitePredictor(_ExportedPredictor):
         if self.input_size != shape[1:3]:
             raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its metadata says {self.input_size}")
         outputs = self.runner.get_output_details()
-        if len(outputs) != 1 or not outputs.keys() & {"confidences", "class_map"}:
-            raise ValueError(f"{path}: has outputs {sorted(outputs)}, not one of confidences or class_map (a .tflite "
+        if len(outputs) != 1 or not outputs.keys() & {"scores", "class_map"}:
+            raise ValueError(f"{path}: has outputs {sorted(outputs)}, not one of scores or class_map (a .tflite "
                              "of keras-pspnet <= 0.3: export it again with `pspnet export`)")
         (self.output, details), = outputs.items()
         self.scale, self.zero_point = details["quantization"]
@@ -115,9 +115,9 @@ class TFLitePredictor(_ExportedPredictor):
         values = np.concatenate([self.runner(images=image[None])[self.output] for image in pixels])
         if self.output == "class_map":
             return np.eye(self.num_classes, dtype=np.float32)[values]
-        if self.scale:  # uint8 confidences: probability x 256; an empty bin (below 1/256) counts as 1/512
-            values = np.maximum(values.astype(np.float32) - self.zero_point, 0.5) * np.float32(self.scale)
-        return np.log(np.maximum(values, np.float32(1e-30)))
+        if self.scale:  # int8 models: uint8 scores
+            return (values.astype(np.float32) - self.zero_point) * np.float32(self.scale)
+        return values
 
 
 def as_predictor(model):

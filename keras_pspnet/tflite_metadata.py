@@ -22,6 +22,7 @@ LABELS_FILE = "labels.txt"  # one class name per line: MediaPipe's `labels`, Lit
 _RGB, _GRAYSCALE = 1, 2  # ColorSpaceType
 _UNKNOWN, _AXIS_LABELS, _VALUE_LABELS = 0, 2, 3  # AssociatedFileType
 _IMAGE_PROPERTIES, _NORMALIZATION = 2, 1  # ContentProperties, ProcessUnitOptions unions
+_SOFTMAX = 2  # MediaPipe's segmenter Activation
 
 
 def _table(builder: flatbuffers.Builder, fields: int, slots: dict) -> int:
@@ -75,39 +76,39 @@ def _tensor(builder: flatbuffers.Builder, name: str, description: str, *, color_
 
 
 def _segmenter_options() -> bytes:
-    """MediaPipe's ImageSegmenterOptions (image_segmenter_metadata_schema.fbs): activation NONE, because the
-    confidences are probabilities already."""
+    """MediaPipe's ImageSegmenterOptions (image_segmenter_metadata_schema.fbs): activation SOFTMAX, which turns
+    the scores (log-probabilities) into MediaPipe's confidence masks."""
     builder = flatbuffers.Builder(0)
-    builder.Finish(_table(builder, 2, {0: ("int8", 0)}), file_identifier=b"V001")
+    builder.Finish(_table(builder, 2, {0: ("int8", _SOFTMAX)}), file_identifier=b"V001")
     return bytes(builder.Output())
 
 
 def metadata_buffer(class_names: list[str], layout: str, description: str, version: str) -> bytes:
     """The ModelMetadata flatbuffer of a segmentation .tflite with one uint8 RGB input and one output of `layout`:
-    "confidences" [1, H, W, classes] (MediaPipe ImageSegmenter's layout) or "class_map" [1, H, W]."""
+    "scores" [1, H, W, classes] (MediaPipe ImageSegmenter's layout) or "class_map" [1, H, W]."""
     builder = flatbuffers.Builder(1024)
     identity = _floats(builder, [0.0]), _floats(builder, [1.0])
     normalization = _table(builder, 2, {0: ("offset", identity[0]), 1: ("offset", identity[1])})
     unit = _table(builder, 2, {0: ("uint8", _NORMALIZATION), 1: ("offset", normalization)})
     image = _tensor(builder, "image", "RGB pixels 0-255 (uint8); the model normalises them itself",
                     color_space=_RGB, process_units=[unit], stats=(0.0, 255.0))
-    if layout == "confidences":
+    if layout == "scores":
         labels = _file(builder, LABELS_FILE, "class names, one per channel", _AXIS_LABELS)
-        output = _tensor(builder, "confidences", "class probabilities (softmax) per pixel, one channel per class; "
-                         "uint8 in int8 models: probability x 256", color_space=_GRAYSCALE, files=[labels],
+        output = _tensor(builder, "scores", "log-probabilities per pixel, one channel per class: softmax gives the "
+                         "probabilities, argmax the class", color_space=_GRAYSCALE, files=[labels],
                          content_range=(1, 2))
     else:
         labels = _file(builder, LABELS_FILE, "class names, one per class index", _VALUE_LABELS)
         output = _tensor(builder, "class_map", "the class index of each pixel (uint8)", color_space=_GRAYSCALE,
                          files=[labels], content_range=(1, 2))
     slots = {2: ("offset", _offsets(builder, [image])), 3: ("offset", _offsets(builder, [output]))}
-    if layout == "confidences":
+    if layout == "scores":
         name, data = builder.CreateString("SEGMENTER_METADATA"), builder.CreateByteVector(_segmenter_options())
         slots[9] = ("offset", _offsets(builder, [_table(builder, 2, {0: ("offset", name), 1: ("offset", data)})]))
     subgraph = _table(builder, 10, slots)
     packed = _file(builder, JSON_FILE, "keras-pspnet metadata: classes with names and colours, normalisation done "
                    "inside, test protocol, source", _UNKNOWN)
-    parser = "1.5.0" if layout == "confidences" else "1.0.0"  # subgraph custom_metadata came with parser 1.5.0
+    parser = "1.5.0" if layout == "scores" else "1.0.0"  # subgraph custom_metadata came with parser 1.5.0
     strings = [builder.CreateString(text) for text in ("PSPNet", description, version, "keras-pspnet", parser)]
     model = _table(builder, 8, {0: ("offset", strings[0]), 1: ("offset", strings[1]), 2: ("offset", strings[2]),
                                 3: ("offset", _offsets(builder, [subgraph])), 4: ("offset", strings[3]),

@@ -37,12 +37,16 @@ def exported(trained, tmp_path_factory):
     model, _, _ = trained
     root, paths = tmp_path_factory.mktemp("tflite"), {}
     calibration = [context_scene(i, SIZE, seed=1)["image"].numpy() for i in range(MIN_CALIBRATION_IMAGES)]
-    for outputs in ("confidences", "class_map"):
+    for outputs in ("scores", "class_map"):
         for quantize in ("none", "fp16", "int8"):
             paths[outputs, quantize] = export_tflite(
                 model, str(root / f"{outputs}_{quantize}.tflite"), CLASS_SETS["context"], input_size=(SIZE, SIZE),
                 quantize=quantize, outputs=outputs, calibration=calibration if quantize == "int8" else None)
     return paths
+
+
+def softmax(logits):
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits))
 
 
 def mediapipe_segmenter(path):
@@ -58,7 +62,7 @@ def test_mediapipe_image_segmenter_runs_the_default_layout(trained, exported, qu
     import mediapipe as mp
 
     _, scenes, logits = trained
-    segmenter = mediapipe_segmenter(exported["confidences", quantize])
+    segmenter = mediapipe_segmenter(exported["scores", quantize])
     assert segmenter.labels == list(CLASS_SETS["context"].class_names)  # read from the file's metadata
     same = 0
     for scene, expected in zip(scenes, logits):
@@ -66,13 +70,12 @@ def test_mediapipe_image_segmenter_runs_the_default_layout(trained, exported, qu
         category = result.category_mask.numpy_view().reshape(SIZE, SIZE)
         same += np.sum(category == expected.argmax(-1))
         confidences = np.stack([m.numpy_view().reshape(SIZE, SIZE) for m in result.confidence_masks], -1)
-        probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(expected))
-        np.testing.assert_allclose(confidences, probabilities, atol=PROBABILITY_ERROR[quantize])
+        np.testing.assert_allclose(confidences, softmax(expected), atol=PROBABILITY_ERROR[quantize])
     segmenter.close()
     assert same / (len(scenes) * SIZE * SIZE) >= AGREEMENT[quantize]
 
 
-@pytest.mark.parametrize("outputs", ["confidences", "class_map"])
+@pytest.mark.parametrize("outputs", ["scores", "class_map"])
 @pytest.mark.parametrize("quantize", ["none", "fp16", "int8"])
 def test_litert_runs_each_layout(trained, exported, outputs, quantize):
     _, scenes, logits = trained
@@ -80,28 +83,30 @@ def test_litert_runs_each_layout(trained, exported, outputs, quantize):
     runner = interpreter.get_signature_runner("serving_default")
     (name, details), = runner.get_output_details().items()
     assert name == outputs and runner.get_input_details()["images"]["dtype"] == np.uint8
-    expected_type = np.float32 if outputs == "confidences" and quantize != "int8" else np.uint8
+    expected_type = np.float32 if outputs == "scores" and quantize != "int8" else np.uint8
     assert details["dtype"] == expected_type
-    assert list(details["shape"]) == [1, SIZE, SIZE, 4] if outputs == "confidences" else [1, SIZE, SIZE]
+    assert list(details["shape"]) == ([1, SIZE, SIZE, 4] if outputs == "scores" else [1, SIZE, SIZE])
     same = 0
     for scene, expected in zip(scenes, logits):
         value = runner(images=scene[None])[name][0]
-        labels = value.argmax(-1) if outputs == "confidences" else value
+        labels = value.argmax(-1) if outputs == "scores" else value
         same += np.sum(labels == expected.argmax(-1))
     assert same / (len(scenes) * SIZE * SIZE) >= AGREEMENT[quantize]
-    if quantize == "int8":  # no float tensor at full resolution beyond the input's 3 channels
-        for tensor in interpreter.get_tensor_details():
-            if tensor["dtype"] == np.float32 and len(tensor["shape"]) == 4 and tuple(tensor["shape"][1:3]) == (SIZE,
-                                                                                                                 SIZE):
-                assert tensor["shape"][3] == 3, tensor["name"]
-        assert details["quantization"] == ((1 / 256, 0) if outputs == "confidences" else (0.0, 0))
+    full = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and tuple(t["shape"][1:3]) == (SIZE,
+                                                                                                             SIZE)]
+    # Memory: the class scores at full resolution exist once (the upsampling's output), the rest are the image's
+    # 3 channels; in an int8 model, its uint8 -> float cast is the one float tensor at full resolution.
+    assert [int(t["shape"][3]) for t in full if t["shape"][3] > 3] == [4], [(t["name"], t["shape"]) for t in full]
+    if quantize == "int8":
+        assert [t["name"] for t in full if t["dtype"] == np.float32] == ["Cast"]
+        assert details["quantization"] == ((1 / 16, 255) if outputs == "scores" else (0.0, 0))
 
 
 def test_metadata_as_mediapipe_reads_it(exported):
     from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as segmenter_schema
     from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
 
-    for outputs in ("confidences", "class_map"):
+    for outputs in ("scores", "class_map"):
         path = exported[outputs, "int8"]
         content = open(path, "rb").read()
         model = tflite_schema.Model.GetRootAsModel(content, 0)
@@ -116,15 +121,16 @@ def test_metadata_as_mediapipe_reads_it(exported):
         output, = subgraph.outputTensorMetadata
         assert output.name.decode() == outputs
         labels, = output.associatedFiles
-        kind = schema.AssociatedFileType.TENSOR_AXIS_LABELS if outputs == "confidences" else \
+        kind = schema.AssociatedFileType.TENSOR_AXIS_LABELS if outputs == "scores" else \
             schema.AssociatedFileType.TENSOR_VALUE_LABELS
         assert (labels.name.decode(), labels.type) == (LABELS_FILE, kind)
-        if outputs == "confidences":  # MediaPipe applies no activation: the values are probabilities already
+        if outputs == "scores":  # MediaPipe's confidence masks: the softmax of the scores
             options, = subgraph.customMetadata
             data = bytes(options.data)
             assert options.name == b"SEGMENTER_METADATA"
-            assert segmenter_schema.ImageSegmenterOptions.GetRootAs(data, 0).Activation() == 0
-        assert meta.minParserVersion == (b"1.5.0" if outputs == "confidences" else b"1.0.0")
+            assert segmenter_schema.ImageSegmenterOptions.GetRootAs(data, 0).Activation() == \
+                segmenter_schema.Activation.SOFTMAX
+        assert meta.minParserVersion == (b"1.5.0" if outputs == "scores" else b"1.0.0")
         import zipfile
 
         with zipfile.ZipFile(path) as archive:
@@ -133,17 +139,17 @@ def test_metadata_as_mediapipe_reads_it(exported):
         packed = packed_json(path)
         assert packed == json.load(open(path[: -len(".tflite")] + ".json"))  # the side JSON says the same
         assert packed["classes"][2] == {"index": 2, "name": "boat", "color": [230, 160, 40]}
-        assert packed["outputs"] == {outputs: "uint8 [1, height, width, classes]" if outputs == "confidences"
+        assert packed["outputs"] == {outputs: "uint8 [1, height, width, classes]" if outputs == "scores"
                                      else "uint8 [1, height, width]"}
 
 
 def test_stated_runtimes_are_the_tested_ones(exported):
     """The JSON tells users which runtimes CI loaded the files in: the ones installed here."""
-    assert packed_json(exported["confidences", "none"])["tested_runtimes"] == TESTED_RUNTIMES
+    assert packed_json(exported["scores", "none"])["tested_runtimes"] == TESTED_RUNTIMES
     assert {name: importlib.metadata.version(name) for name in TESTED_RUNTIMES} == TESTED_RUNTIMES
 
 
-@pytest.mark.parametrize("outputs", ["confidences", "class_map"])
+@pytest.mark.parametrize("outputs", ["scores", "class_map"])
 def test_predictor_reads_the_file_alone(trained, exported, tmp_path, outputs):
     """Evaluate and predict need nothing but the .tflite: its packed metadata replaces the side JSON."""
     import shutil
@@ -156,8 +162,7 @@ def test_predictor_reads_the_file_alone(trained, exported, tmp_path, outputs):
     scores = predictor.predict_on_batch(np.stack(scenes[:2]).astype(np.float32))
     assert scores.shape == (2, SIZE, SIZE, 4)
     expected = np.stack(logits[:2])
-    if outputs == "confidences":  # log-probabilities: the logits up to a shift per pixel
-        shifted = expected - np.log(np.exp(expected).sum(-1, keepdims=True))
-        np.testing.assert_allclose(scores, shifted, atol=1e-4)
+    if outputs == "scores":  # log-probabilities: the logits up to a shift per pixel
+        np.testing.assert_allclose(softmax(scores), softmax(expected), atol=1e-5)
     else:
         assert np.mean(scores.argmax(-1) == expected.argmax(-1)) >= 0.999
