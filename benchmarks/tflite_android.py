@@ -2,15 +2,19 @@
 
     python benchmarks/tflite_android.py export DIR [--size 473] [--classes 19,150] [--quantize none,int8]
         [--layouts scores,class_map] [--presets pspnet_mobilenet_v2,pspnet_resnet50]
-    python benchmarks/tflite_android.py measure DIR... [--runs 10] [--threads 2]
+    python benchmarks/tflite_android.py measure DIR... [--runs 10] [--threads 2] [--mediapipe]
 
 `export` writes one .tflite per preset, class count, quantization and layout (random weights: memory and speed do
-not depend on them; int8 is calibrated on 16 synthetic scenes). `--layouts default` exports the installed
-package's default layout, which is how the layout of an earlier version is measured: run `export` with that
-version's package on the PYTHONPATH. `measure` runs each file in a fresh process (LiteRT alone, no TensorFlow):
-loads it, runs it once (XNNPACK applies its delegate), then `--runs` more times, and prints a table of the
-peak RSS of that process (Python and LiteRT included) and the median latency; `--mediapipe` adds the median
-latency of MediaPipe's ImageSegmenter on each scores model (category mask; load failures are shown).
+not depend on them; int8 is calibrated on 16 synthetic scenes). `--layouts default` exports the default layout
+of the package this script sits in: to measure an earlier version's layout, copy the script into the benchmarks/
+folder of a checkout of that version and run `export` there.
+
+`measure` runs each file in fresh processes (LiteRT alone, no TensorFlow): loads it, runs it once (XNNPACK
+applies its delegate), then `--runs` more times, and prints the peak RSS of the process (Python and LiteRT
+included) and the median latency of the interpreter's invoke. The peak is measured twice: reading the outputs
+where LiteRT wrote them (as MediaPipe does) and copying them (Python's signature runner, an app's own buffer).
+`--mediapipe` adds the peak RSS (without TensorFlow, which MediaPipe would import for its docs) and the median
+latency of MediaPipe's ImageSegmenter on each scores model (category mask only).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -27,34 +32,51 @@ MEASURE = """
 import json, resource, statistics, sys, time
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-path, threads, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, threads, runs, copy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "copy"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
-shape = runner.get_input_details()["images"]["shape"]
-image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-runner(images=image)
+interpreter = Interpreter(model_path=path, num_threads=threads)
+outputs = interpreter._get_full_signature_list()["serving_default"]["outputs"]  # name -> tensor index
+(source,), details = interpreter.get_input_details(), {t["index"]: t for t in interpreter.get_output_details()}
+targets = {name: details[index] for name, index in sorted(outputs.items())}
+image = np.random.default_rng(0).integers(0, 256, source["shape"], dtype=np.uint8)
+if copy:  # the signature runner returns copies of the outputs, as an app copies them into its own buffers
+    runner = interpreter.get_signature_runner("serving_default")  # (it holds the interpreter's arrays)
+    run = lambda: runner(images=image)
+else:  # outputs read where LiteRT wrote them, as MediaPipe reads them
+    interpreter.allocate_tensors()
+    run = lambda: (interpreter.set_tensor(source["index"], image), interpreter.invoke())
+run()
 times = []
 for _ in range(runs):
     start = time.perf_counter()
-    outputs = runner(images=image)
+    run()
     times.append(time.perf_counter() - start)
-    del outputs
+if not copy:
+    sums = [float(interpreter.tensor(t["index"])().sum()) for t in targets.values()]  # (the outputs are read)
 print(json.dumps({"before": before / 1024, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "ms": 1000 * statistics.median(times),
-                  "outputs": {k: f"{v['dtype'].__name__} {v['shape'].tolist()}"
-                              for k, v in runner.get_output_details().items()}}))
+                  "output": ", ".join(f"{n} {t['dtype'].__name__} {t['shape'].tolist()}" for n, t in targets.items())}))
 """
 
 MEDIAPIPE = """
-import statistics, sys, time
+import json, resource, statistics, sys, time
 import numpy as np
+
+
+class NoTensorFlow:  # MediaPipe imports TensorFlow when it is installed (for its docs only): not in this measure
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(name)
+
+
+sys.meta_path.insert(0, NoTensorFlow())
 import mediapipe as mp
 from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
-path, runs = sys.argv[1], int(sys.argv[2])
+path, runs, height, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
     base_options=BaseOptions(model_asset_path=path), output_category_mask=True, output_confidence_masks=False))
-height, width = (int(v) for v in sys.argv[3:5])
 image = mp.Image(image_format=mp.ImageFormat.SRGB,
                  data=np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
 segmenter.segment(image)
@@ -63,7 +85,8 @@ for _ in range(runs):
     start = time.perf_counter()
     segmenter.segment(image).category_mask.numpy_view()
     times.append(time.perf_counter() - start)
-print(1000 * statistics.median(times))
+print(json.dumps({"before": before / 1024, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "ms": 1000 * statistics.median(times)}))
 """
 
 
@@ -96,29 +119,39 @@ def export(args) -> None:
             tf.keras.backend.clear_session()
 
 
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return lines[-1][:100] if lines else f"exit code {result.returncode}"
+
+
+def _run(code: str, path: str, *args) -> dict | str:
+    result = subprocess.run([sys.executable, "-c", code, path, *map(str, args)], capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else \
+        f"fails: {_last_line(result)}"
+
+
 def measure(args) -> None:
     files = sorted(os.path.join(d, f) for d in args.dirs for f in os.listdir(d) if f.endswith(".tflite"))
-    print(f"LiteRT, XNNPACK, {args.threads} threads, median of {args.runs} runs after one; peak RSS of the process")
-    print("| file | outputs | MiB | RSS before load (MiB) | peak RSS (MiB) | median ms |"
-          + (" MediaPipe ImageSegmenter median ms |" if args.mediapipe else ""))
-    print("|---|---|---:|---:|---:|---:|" + ("---:|" if args.mediapipe else ""))
+    print(f"LiteRT {version('ai-edge-litert')}, XNNPACK, {args.threads} threads, batch 1, median of {args.runs} runs "
+          "after one; peak RSS of the whole process (Python and the runtime included), MiB")
+    header = "| file | outputs | MiB | RSS before load | peak RSS, outputs in place | peak RSS, outputs copied | ms |"
+    mediapipe = f" MediaPipe {version('mediapipe')} peak RSS | MediaPipe ms |" if args.mediapipe else ""
+    print(header + mediapipe)
+    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.mediapipe else ""))
     for path in files:
-        result = subprocess.run([sys.executable, "-c", MEASURE, path, str(args.threads), str(args.runs)],
-                                capture_output=True, text=True)
-        if result.returncode:
-            print(f"| {path} | failed: {result.stderr.strip().splitlines()[-1]} |||||", flush=True)
+        in_place = _run(MEASURE, path, args.threads, args.runs, "view")
+        copied = _run(MEASURE, path, args.threads, args.runs, "copy")
+        if isinstance(in_place, str) or isinstance(copied, str):
+            print(f"| {os.path.basename(path)} | {in_place if isinstance(in_place, str) else copied} |", flush=True)
             continue
-        row = json.loads(result.stdout.strip().splitlines()[-1])
-        outputs = ", ".join(f"{k} {v}" for k, v in row["outputs"].items())
-        mediapipe = ""
-        if args.mediapipe:  # its category mask; MediaPipe takes the per-class layout only
-            height, width = next(v for v in row["outputs"].values()).split("[")[1].split(", ")[1:3]
-            result = subprocess.run([sys.executable, "-c", MEDIAPIPE, path, str(args.runs), height, width],
-                                    capture_output=True, text=True) if "scores" in row["outputs"] else None
-            mediapipe = " - |" if result is None else f" {float(result.stdout.split()[-1]):.0f} |" \
-                if result.returncode == 0 else f" fails: {result.stderr.strip().splitlines()[-1][:80]} |"
-        print(f"| {os.path.relpath(path)} | {outputs} | {os.path.getsize(path) / 2**20:.1f} | {row['before']:.0f} | "
-              f"{row['peak']:.0f} | {row['ms']:.0f} |{mediapipe}", flush=True)
+        row = f"| {os.path.basename(path)} | {in_place['output']} | {os.path.getsize(path) / 2**20:.1f} | " \
+              f"{in_place['before']:.0f} | {in_place['peak']:.0f} | {copied['peak']:.0f} | {in_place['ms']:.0f} |"
+        if args.mediapipe:  # MediaPipe takes the per-class scores layout only
+            shape = in_place["output"].split("[")[1].rstrip("]").split(", ")
+            result = _run(MEDIAPIPE, path, args.runs, shape[1], shape[2]) if in_place["output"].startswith(
+                "scores") else "-"
+            row += f" {result} | |" if isinstance(result, str) else f" {result['peak']:.0f} | {result['ms']:.0f} |"
+        print(row, flush=True)
 
 
 def main() -> None:

@@ -186,7 +186,7 @@ def _export(args) -> None:
         raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
     if not args.out.endswith(".tflite"):
         raise ValueError(f"{args.out}: the output of --format tflite must be a .tflite file")
-    calibration = None
+    calibration, outputs = None, args.outputs or "scores"  # (None: not given, which --format savedmodel checks)
     if args.quantize == "int8" and args.calibration:
         calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
                                          data_dir=args.data_dir)
@@ -195,9 +195,8 @@ def _export(args) -> None:
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
         path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
-                             outputs=args.outputs or "scores", calibration=calibration, overwrite=args.force)
-    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, "
-          f"{args.outputs or 'scores'}) "
+                             outputs=outputs, calibration=calibration, overwrite=args.force)
+    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, {outputs}) "
           f"and {os.path.splitext(path)[0]}.json")
 
 

@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
-import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -228,35 +227,6 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
     return window.round().clip(0, 255).astype(np.uint8)
 
 
-def _quantize_before_upsampling(content: bytes) -> bytes:
-    """An int8 "scores" .tflite whose uint8 output is requantized before the final bilinear resize, not after.
-
-    The converter appends the QUANTIZE (int8 -> uint8: same scale, zero point + 128) after the resize, so the
-    full-resolution scores exist twice. The resize commutes with that shift exactly (its weights sum to one), so
-    converting the classifier's map first gives the same bytes with one full-resolution tensor. A model not
-    ending in RESIZE_BILINEAR -> QUANTIZE is returned as it is (tests/test_tflite_runtimes.py counts them).
-    """
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
-    graph, codes = tree.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in tree.operatorCodes]
-    resize, quantize = graph.operators[-2:]
-    if (codes[resize.opcodeIndex], codes[quantize.opcodeIndex]) != (schema.BuiltinOperator.RESIZE_BILINEAR,
-                                                                     schema.BuiltinOperator.QUANTIZE) \
-            or quantize.inputs[0] != resize.outputs[0] or list(quantize.outputs) != list(graph.outputs):
-        return content
-    source, between, output = resize.inputs[0], resize.outputs[0], quantize.outputs[0]
-    low, middle = graph.tensors[source], graph.tensors[between]
-    middle.shape, middle.shapeSignature = low.shape, low.shapeSignature
-    middle.type, middle.quantization = graph.tensors[output].type, graph.tensors[output].quantization
-    quantize.inputs, quantize.outputs = np.array([source], np.int32), np.array([between], np.int32)
-    resize.inputs, resize.outputs = np.array([between, *resize.inputs[1:]], np.int32), np.array([output], np.int32)
-    graph.operators[-2:] = [quantize, resize]
-    builder = flatbuffers.Builder(len(content) + 2**16)
-    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
                   quantize: str = "none", outputs: str = "scores", calibration: Iterable[np.ndarray] | None = None,
                   overwrite: bool = False) -> str:
@@ -270,12 +240,12 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
       at least -16). They are the logits up to a shift per pixel: their argmax is the Keras model's class and
       their softmax its probabilities, which MediaPipe's ImageSegmenter computes (the metadata says "softmax").
     - "class_map": [1, height, width] uint8 class indices, for apps that post-process themselves (<= 256 classes).
-    The metadata holds the class names (MediaPipe's `labels`) and our metadata JSON (`tflite_metadata`).
+    The metadata holds the class names (MediaPipe's `labels`) and our metadata JSON (`tflite.populate`).
     quantize: "none" (fp32), "fp16" (weights) or "int8" (full integer: weights and activations, calibrated on
     `calibration`: at least MIN_CALIBRATION_IMAGES uint8 images [height, width, 3] of any size, each turned into
     the window the model sees by `calibration_window`). An auxiliary head is dropped (`inference_model`).
     """
-    from keras_pspnet import __version__, tflite_metadata
+    from keras_pspnet import __version__, tflite
 
     model = inference_model(model)
     if quantize not in QUANTIZATIONS:
@@ -284,8 +254,8 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         raise ValueError(f"outputs must be one of {list(TFLITE_OUTPUTS)}, got {outputs!r}.")
     classes = int(model.output.shape[-1])
     if outputs == "class_map" and classes > 256:
-        raise ValueError(f"--outputs class_map holds class indices as uint8 (at most 256 classes); this model has "
-                         f"{classes}: use --outputs scores")
+        raise ValueError(f"{path}: a class_map output holds class indices as uint8 (at most 256 classes); this "
+                         f"model has {classes}: use the scores output")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
@@ -297,21 +267,22 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
         images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
         if len(images) < MIN_CALIBRATION_IMAGES:
-            raise ValueError(f"int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images to set "
-                             f"its activation ranges; the calibration data gave {len(images)}")
+            raise ValueError(f"{path}: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images "
+                             f"to set its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
-    upsample = model.get_layer("classifier_resize")
-    classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
 
     def serve(images):
         if outputs == "class_map":
             return {"class_map": tf.cast(tf.argmax(_logits(model, images), axis=-1), tf.uint8)}
+        upsample = model.get_layer("classifier_resize")  # every keras-pspnet model ends in it
+        classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
         # Log-softmax, then the upsampling: a bilinear resize is linear, so this equals log-softmax after it up to
         # a shift per pixel, which softmax and argmax ignore. The other order would hold two full-resolution
         # tensors (the resize's, the softmax's); softmax before a resize of probabilities changes the argmax
         # (98.7% of pixels agreed with the Keras model on our test scenes).
         pixels = tf.cast(images, model.input.dtype)
-        return {"scores": upsample([tf.nn.log_softmax(classifier(pixels, training=False)), pixels])}
+        logits = tf.cast(classifier(pixels, training=False), tf.float32)
+        return {"scores": upsample([tf.nn.log_softmax(logits), pixels])}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
@@ -329,12 +300,15 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.inference_output_type = tf.uint8
         content = converter.convert()
     if quantize == "int8" and outputs == "scores":
-        content = _quantize_before_upsampling(content)
-    output_type = "float32" if quantize != "int8" and outputs == "scores" else "uint8"
-    shape = "[1, height, width, classes]" if outputs == "scores" else "[1, height, width]"
+        content = tflite.quantize_before_upsampling(content)
+    output = tflite.output_spec(content)
+    output["meaning"] = ("log-probabilities (the logits up to a shift per pixel): argmax is the class, softmax the "
+                         "probabilities" if outputs == "scores" else "the class index of each pixel")
     meta = metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
-                    outputs={outputs: f"{output_type} {shape}"}, tested_runtimes=TESTED_RUNTIMES)
-    content = tflite_metadata.populate(content, meta, outputs, f"PSPNet {quantize} {outputs}", __version__)
+                    outputs={outputs: output}, tested_runtimes=TESTED_RUNTIMES)
+    description = (f"PSPNet semantic segmentation, {classes} classes: uint8 RGB {height}x{width} in, {outputs} out "
+                   f"({'fp32' if quantize == 'none' else quantize})")
+    content = tflite.populate(content, meta, outputs, description, __version__)
     with open(path + ".tmp", "wb") as f:
         f.write(content)
     with open(json_path + ".tmp", "w") as f:

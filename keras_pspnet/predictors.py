@@ -38,7 +38,9 @@ class _ExportedPredictor:
 
     def __init__(self, path: str, metadata_path: str, metadata: dict | None = None):
         self.path = path
-        if metadata is None:
+        if metadata is not None:  # the file's own: it wins over a JSON beside it
+            metadata_path = f"{path} (its packed {METADATA_FILE})"
+        else:
             try:
                 with open(metadata_path) as f:
                     metadata = json.load(f)
@@ -90,7 +92,7 @@ class TFLitePredictor(_ExportedPredictor):
         except ImportError:
             raise ImportError(f"{path}: running a .tflite needs the LiteRT interpreter: pip install ai-edge-litert "
                               "(the [serving] extra)") from None
-        from keras_pspnet.tflite_metadata import packed_json
+        from keras_pspnet.tflite import packed_json
 
         super().__init__(path, os.path.splitext(path)[0] + ".json", packed_json(path))
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")

@@ -94,13 +94,14 @@ def test_tflite_errors(trained, tmp_path):
     with pytest.raises(ValueError, match="int8 quantization needs calibration images"):
         export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96), quantize="int8")
     few = [context_scene(i, 96)["image"].numpy() for i in range(MIN_CALIBRATION_IMAGES - 1)]
-    with pytest.raises(ValueError, match=f"needs at least {MIN_CALIBRATION_IMAGES} calibration images to set its "
-                       f"activation ranges; the calibration data gave {MIN_CALIBRATION_IMAGES - 1}"):
+    with pytest.raises(ValueError, match=f"m.tflite: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} "
+                       f"calibration images to set its activation ranges; the calibration data gave "
+                       f"{MIN_CALIBRATION_IMAGES - 1}"):
         export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(96, 96), quantize="int8",
                       calibration=few)
     wide = build_pspnet(257, "resnet18", base_width=4, head_channels=8)
-    with pytest.raises(ValueError, match="class_map holds class indices as uint8 .at most 256 classes.; this model "
-                       "has 257: use --outputs confidences"):
+    with pytest.raises(ValueError, match="m.tflite: a class_map output holds class indices as uint8 .at most 256 "
+                       "classes.; this model has 257: use the scores output"):
         export_tflite(wide, str(tmp_path / "m.tflite"), CLASS_SETS["ade20k"], input_size=(32, 32),
                       outputs="class_map")
     assert not (tmp_path / "m.tflite").exists()
@@ -132,7 +133,8 @@ def test_corner_aligned_models_export(tmp_path, rng):
     served = tf.saved_model.load(saved).signatures["logits"](images=tf.constant(pixels, tf.float32))["logits"]
     np.testing.assert_allclose(served.numpy(), logits, atol=1e-5, rtol=1e-5)
     path = export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(65, 97))
-    np.testing.assert_allclose(tflite_run(path, pixels[0])["confidences"], tf.nn.softmax(logits), atol=1e-5)
+    scores = tflite_run(path, pixels[0])["scores"]  # log-softmax upsampled as the model upsamples its logits
+    np.testing.assert_allclose(tf.nn.softmax(scores), tf.nn.softmax(logits), atol=1e-5)
     assert json.load(open(str(tmp_path / "m.json")))["align_corners"] is True
 
 

@@ -83,10 +83,13 @@ def test_export_command_errors(setup, tmp_path):
     result = pspnet("export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite",
                     "--input-size", "96x96", "--quantize", "int8")
     assert result.returncode == 2 and "needs calibration images" in result.stderr
+    saved_with_outputs = pspnet("export", keras_file, "--out", str(tmp_path / "sm"), "--outputs", "class_map")
+    assert saved_with_outputs.returncode == 2 and saved_with_outputs.stderr == "pspnet: error: --quantize, " \
+        "--input-size, --outputs and --calibration are for --format tflite\n"
     few = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
                  "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8")
-    assert few.returncode == 2 and few.stderr == "pspnet: error: int8 quantization needs at least 16 calibration " \
-        "images to set its activation ranges; the calibration data gave 8\n"
+    assert few.returncode == 2 and few.stderr == f"pspnet: error: {tmp_path / 'm8.tflite'}: int8 quantization needs " \
+        "at least 16 calibration images to set its activation ranges; the calibration data gave 8\n"
     ok = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "16",
                 "--classes", "context")
@@ -114,8 +117,11 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     calibration = [context_scene(i, 96, seed=1)["image"].numpy() for i in range(16)]
     int8 = export_tflite(model, str(tmp_path / "int8.tflite"), CLASS_SETS["context"], input_size=(96, 96),
                          quantize="int8", calibration=calibration)
+    classes = export_tflite(model, str(tmp_path / "classes.tflite"), CLASS_SETS["context"], input_size=(96, 96),
+                            quantize="int8", outputs="class_map", calibration=calibration)
     miou = {}
-    for name, path in [("keras", trained_context_model), ("savedmodel", saved), ("fp32", tflite), ("int8", int8)]:
+    for name, path in [("keras", trained_context_model), ("savedmodel", saved), ("fp32", tflite), ("int8", int8),
+                       ("int8_class_map", classes)]:
         report = str(tmp_path / f"scores_{name}.json")  # not int8.json: the .tflite's metadata is called that
         assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report]) == 0
         miou[name] = json.load(open(report))["mIoU"]
@@ -129,6 +135,7 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     assert miou["savedmodel"] == pytest.approx(miou["keras"], abs=1e-4)
     assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
     assert abs(miou["keras"] - miou["int8"]) < 0.05 and miou["keras"] > 0.5  # int8 may land a hair above
+    assert abs(miou["int8_class_map"] - miou["int8"]) < 0.01
 
 
 class ChannelPredictor:

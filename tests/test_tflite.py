@@ -1,3 +1,4 @@
+import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
@@ -20,3 +21,46 @@ def test_pspnet_converts_to_builtin_tflite_ops_with_dynamic_size(rng):
         interpreter.invoke()
         logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
         assert relative_error(logits, model.predict(pixels, verbose=0)) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")  # int8 in: its range comes from calibration
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_requantizing_before_the_upsampling_gives_the_same_bytes_with_one_full_resolution_map(rng, align_corners):
+    """`quantize_before_upsampling` on an int8 model ending in RESIZE_BILINEAR -> QUANTIZE (int8 -> uint8)."""
+    import numpy as np
+
+    from keras_pspnet.tflite import quantize_before_upsampling
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 40, 40, 3], tf.float32)])
+    def scores(images):
+        low = tf.nn.avg_pool2d(images, 8, 8, "VALID") * tf.constant([1.0, -2.0, 0.5]) + 3.0
+        return tf.raw_ops.ResizeBilinear(images=tf.nn.log_softmax(low), size=[40, 40], align_corners=align_corners,
+                                         half_pixel_centers=not align_corners)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([scores.get_concrete_function()], scores)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([rng.uniform(0, 5, (1, 40, 40, 3)).astype("float32")]
+                                                for _ in range(16))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type, converter.inference_output_type = tf.int8, tf.uint8
+    original = converter.convert()
+    rewritten = quantize_before_upsampling(original)
+    assert rewritten != original
+    outputs = []
+    for content in (original, rewritten):
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        full = [t for t in interpreter.get_tensor_details() if list(t["shape"]) == [1, 40, 40, 3]]
+        outputs.append((interpreter, len(full)))
+    assert [count for _, count in outputs] == [3, 2]  # input, resize, quantize; then input, output
+    for _ in range(5):
+        pixels = rng.integers(-128, 128, (1, 40, 40, 3), dtype=np.int8)
+        results = []
+        for interpreter, _ in outputs:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        assert results[0].dtype == np.uint8 and results[0].std() > 0
+        np.testing.assert_array_equal(results[1], results[0])
+    with pytest.raises(RuntimeError, match="does not end in RESIZE_BILINEAR .int8. -> QUANTIZE"):
+        quantize_before_upsampling(rewritten)  # (it ends in QUANTIZE -> RESIZE_BILINEAR now)

@@ -14,7 +14,7 @@ from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.data.context import context_scene
 from keras_pspnet.export import MIN_CALIBRATION_IMAGES, TESTED_RUNTIMES, export_tflite
 from keras_pspnet.predictors import TFLitePredictor
-from keras_pspnet.tflite_metadata import JSON_FILE, LABELS_FILE, packed_json
+from keras_pspnet.tflite import JSON_FILE, LABELS_FILE, packed_json
 
 SIZE = 96
 # The share of pixels whose class must equal the Keras model's argmax, by quantization.
@@ -139,8 +139,11 @@ def test_metadata_as_mediapipe_reads_it(exported):
         packed = packed_json(path)
         assert packed == json.load(open(path[: -len(".tflite")] + ".json"))  # the side JSON says the same
         assert packed["classes"][2] == {"index": 2, "name": "boat", "color": [230, 160, 40]}
-        assert packed["outputs"] == {outputs: "uint8 [1, height, width, classes]" if outputs == "scores"
-                                     else "uint8 [1, height, width]"}
+        spec = packed["outputs"][outputs]  # what a client needs to read the output
+        assert {key: value for key, value in spec.items() if key != "meaning"} == (
+            {"dtype": "uint8", "shape": [1, SIZE, SIZE, 4], "quantization": {"scale": 1 / 16, "zero_point": 255}}
+            if outputs == "scores" else {"dtype": "uint8", "shape": [1, SIZE, SIZE]})
+        assert spec["meaning"].startswith("log-probabilities" if outputs == "scores" else "the class index")
 
 
 def test_stated_runtimes_are_the_tested_ones(exported):
@@ -166,3 +169,24 @@ def test_predictor_reads_the_file_alone(trained, exported, tmp_path, outputs):
         np.testing.assert_allclose(softmax(scores), softmax(expected), atol=1e-5)
     else:
         assert np.mean(scores.argmax(-1) == expected.argmax(-1)) >= 0.999
+
+
+def test_a_tflite_of_an_earlier_layout_is_refused_with_a_hint(exported, tmp_path):
+    """keras-pspnet 0.3 wrote two outputs, logits and class_map: evaluate and predict say to export again."""
+    import shutil
+
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.uint8, name="images")])
+    def serve(images):
+        logits = tf.tile(tf.cast(images[..., :1], tf.float32), [1, 1, 1, 4])
+        return {"logits": logits, "class_map": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures={"serving_default": serve})
+    (tmp_path / "old.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved")).convert())
+    shutil.copy(exported["scores", "none"][: -len(".tflite")] + ".json", tmp_path / "old.json")
+    with pytest.raises(ValueError, match=r"old.tflite: has outputs \['class_map', 'logits'\], not one of scores or "
+                       r"class_map \(a .tflite of keras-pspnet <= 0.3: export it again with `pspnet export`\)"):
+        TFLitePredictor(str(tmp_path / "old.tflite"))

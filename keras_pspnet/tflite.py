@@ -1,10 +1,12 @@
-"""TFLite metadata: the labels and descriptions that MediaPipe Tasks (ImageSegmenter) and LiteRT's support
-library read from a .tflite, and our own metadata JSON packed beside them.
+"""What we change in a converted .tflite: its metadata (the labels and descriptions that MediaPipe Tasks'
+ImageSegmenter and LiteRT's support library read, and our metadata JSON packed beside them), and where an int8
+model's output is requantized.
 
-Written with `flatbuffers` alone, after mediapipe/tasks/metadata/metadata_schema.fbs (field numbers below). The
-writers that exist ship in `mediapipe`, whose opencv-contrib dependency replaces the OpenCV our tests compare
-with, and in `tflite-support`, which no longer installs beside TF 2.21: exporting needs neither.
-tests/test_tflite_runtimes.py checks what is written here against MediaPipe's own writer and reader.
+The metadata is written with `flatbuffers` alone, after mediapipe/tasks/metadata/metadata_schema.fbs (field
+numbers below). The writers that exist ship in `tflite-support`, which no longer installs beside TF 2.21, and
+in `mediapipe`, whose opencv-contrib dependency replaces the OpenCV our tests compare with (and whose 1.2.3
+Python writer lacks its native module): exporting needs neither. tests/test_tflite_runtimes.py reads what is
+written here with MediaPipe's generated schema and runs the files in MediaPipe's ImageSegmenter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import zipfile
 import flatbuffers
 import numpy as np
 
-JSON_FILE = "pspnet.json"  # our metadata (classes with colours, normalisation, protocol), packed into the .tflite
+from keras_pspnet.predictors import METADATA_FILE as JSON_FILE  # our metadata, packed into the .tflite too
+
 LABELS_FILE = "labels.txt"  # one class name per line: MediaPipe's `labels`, LiteRT support library's label map
 
 _RGB, _GRAYSCALE = 1, 2  # ColorSpaceType
@@ -26,7 +29,8 @@ _SOFTMAX = 2  # MediaPipe's segmenter Activation
 
 
 def _table(builder: flatbuffers.Builder, fields: int, slots: dict) -> int:
-    """A table from {slot: (kind, value)} with children already built (kinds: "offset", "int8", "uint8")."""
+    """A table from {slot: (kind, value)} with children already built (kinds: "offset", "int8", "int32",
+    "uint8")."""
     builder.StartObject(fields)
     for slot, (kind, value) in sorted(slots.items()):
         if kind == "offset":
@@ -83,7 +87,7 @@ def _segmenter_options() -> bytes:
     return bytes(builder.Output())
 
 
-def metadata_buffer(class_names: list[str], layout: str, description: str, version: str) -> bytes:
+def metadata_buffer(layout: str, description: str, version: str) -> bytes:
     """The ModelMetadata flatbuffer of a segmentation .tflite with one uint8 RGB input and one output of `layout`:
     "scores" [1, H, W, classes] (MediaPipe ImageSegmenter's layout) or "class_map" [1, H, W]."""
     builder = flatbuffers.Builder(1024)
@@ -117,26 +121,88 @@ def metadata_buffer(class_names: list[str], layout: str, description: str, versi
     return bytes(builder.Output())
 
 
+def quantize_before_upsampling(content: bytes) -> bytes:
+    """An int8 "scores" .tflite whose uint8 output is requantized before the final bilinear resize, not after.
+
+    The converter appends the QUANTIZE (int8 -> uint8: same scale, zero point + 128) after the resize, so the
+    full-resolution scores exist twice. The resize commutes with that shift exactly (its weights sum to one), so
+    converting the classifier's map first gives the same bytes with one full-resolution tensor. Raises if the
+    graph does not end so (a converter that builds it otherwise): the saving would be lost unnoticed.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tree = _unpacked(content)
+    graph, codes = tree.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in tree.operatorCodes]
+    producers = {int(t): op for op in graph.operators for t in op.outputs}
+    quantize = producers.get(int(graph.outputs[0]))
+    resize = producers.get(int(quantize.inputs[0])) if quantize is not None else None
+    tensors = graph.tensors
+    if (resize is None or codes[quantize.opcodeIndex] != schema.BuiltinOperator.QUANTIZE
+            or codes[resize.opcodeIndex] != schema.BuiltinOperator.RESIZE_BILINEAR
+            or sum(int(resize.outputs[0]) in op.inputs for op in graph.operators) != 1
+            or (tensors[resize.outputs[0]].type, tensors[quantize.outputs[0]].type) != (schema.TensorType.INT8,
+                                                                                        schema.TensorType.UINT8)
+            or not np.array_equal(tensors[resize.outputs[0]].quantization.scale,
+                                  tensors[quantize.outputs[0]].quantization.scale)):
+        raise RuntimeError("int8 scores: the converted model does not end in RESIZE_BILINEAR (int8) -> QUANTIZE "
+                           "(uint8, same scale); this TensorFlow's converter is not supported for it")
+    source, between, output = int(resize.inputs[0]), int(resize.outputs[0]), int(quantize.outputs[0])
+    middle = tensors[between]
+    middle.shape, middle.shapeSignature = tensors[source].shape, tensors[source].shapeSignature
+    middle.type, middle.quantization = tensors[output].type, tensors[output].quantization
+    quantize.inputs, quantize.outputs = np.array([source], np.int32), np.array([between], np.int32)
+    resize.inputs, resize.outputs = np.array([between, *resize.inputs[1:]], np.int32), np.array([output], np.int32)
+    order = graph.operators
+    order.remove(quantize)
+    order.insert(order.index(resize), quantize)
+    return _packed(tree, len(content))
+
+
+def output_spec(content: bytes) -> dict:
+    """dtype, shape and (for integer outputs) quantization of a one-output .tflite's output."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(content, 0).Subgraphs(0)
+    tensor = graph.Tensors(graph.Outputs(0))
+    names = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    spec = {"dtype": names[tensor.Type()], "shape": tensor.ShapeAsNumpy().tolist()}
+    quantization = tensor.Quantization()
+    if quantization is not None and quantization.ScaleLength():
+        spec["quantization"] = {"scale": float(quantization.Scale(0)), "zero_point": int(quantization.ZeroPoint(0))}
+    return spec
+
+
+def _unpacked(content: bytes):
+    """The model flatbuffer as TF's generated object tree (TF ships the schema; exporting imports TF anyway)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
+
+
+def _packed(tree, size: int) -> bytes:
+    builder = flatbuffers.Builder(size + 2**16)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def populate(model: bytes, meta: dict, layout: str, description: str, version: str) -> bytes:
     """`model` with its metadata: the ModelMetadata buffer under "TFLITE_METADATA" in the model's flatbuffer, and
     the labels file and `meta` as JSON in a zip archive appended to it (where TFLite metadata keeps its files)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     names = [entry["name"] for entry in meta["classes"]]
-    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    tree = _unpacked(model)
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(metadata_buffer(names, layout, description, version), np.uint8)
+    buffer.data = np.frombuffer(metadata_buffer(layout, description, version), np.uint8)
     entry = schema.MetadataT()
     entry.name, entry.buffer = b"TFLITE_METADATA", len(tree.buffers)
     tree.buffers.append(buffer)
     tree.metadata = [*(tree.metadata or []), entry]
-    builder = flatbuffers.Builder(len(model) + 2**16)
-    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     packed = io.BytesIO()
-    packed.write(builder.Output())
+    packed.write(_packed(tree, len(model)))
     with zipfile.ZipFile(packed, "a") as archive:  # offsets count from the file's start, as MediaPipe reads them
-        archive.writestr(LABELS_FILE, "\n".join(names) + "\n")
-        archive.writestr(JSON_FILE, json.dumps(meta, indent=1))
+        for name, text in ((LABELS_FILE, "\n".join(names) + "\n"), (JSON_FILE, json.dumps(meta, indent=1))):
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), text)  # the same bytes each time
     return packed.getvalue()
 
 
@@ -144,6 +210,10 @@ def packed_json(path: str) -> dict | None:
     """The metadata JSON packed into a .tflite by `populate`, or None (a .tflite without it)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(JSON_FILE))
+            text = archive.read(JSON_FILE)
     except (zipfile.BadZipFile, KeyError):
         return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: its packed {JSON_FILE} is not JSON ({error})") from None
