@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
+from keras_pspnet.layers.resize import resize_bilinear
 from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
 from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
@@ -256,6 +257,11 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     if outputs == "class_map" and classes > 256:
         raise ValueError(f"{path}: a class_map output holds class indices as uint8 (at most 256 classes); this "
                          f"model has {classes}: use the scores output")
+    if len(info.class_names) != classes:  # MediaPipe's labels must match the channels one to one
+        raise ValueError(f"{path}: {len(info.class_names)} class names for a model of {classes} classes")
+    if outputs == "scores" and "classifier_resize" not in [layer.name for layer in model.layers]:
+        raise ValueError(f"{path}: the scores output needs a keras-pspnet model (upsampling layer "
+                         "'classifier_resize'); use the class_map output")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
@@ -270,19 +276,19 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             raise ValueError(f"{path}: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images "
                              f"to set its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
+    if outputs == "scores":
+        upsample = model.get_layer("classifier_resize")
+        classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
 
     def serve(images):
         if outputs == "class_map":
             return {"class_map": tf.cast(tf.argmax(_logits(model, images), axis=-1), tf.uint8)}
-        upsample = model.get_layer("classifier_resize")  # every keras-pspnet model ends in it
-        classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
         # Log-softmax, then the upsampling: a bilinear resize is linear, so this equals log-softmax after it up to
         # a shift per pixel, which softmax and argmax ignore. The other order would hold two full-resolution
         # tensors (the resize's, the softmax's); softmax before a resize of probabilities changes the argmax
         # (98.7% of pixels agreed with the Keras model on our test scenes).
-        pixels = tf.cast(images, model.input.dtype)
-        logits = tf.cast(classifier(pixels, training=False), tf.float32)
-        return {"scores": upsample([tf.nn.log_softmax(logits), pixels])}
+        logits = tf.cast(classifier(tf.cast(images, model.input.dtype), training=False), tf.float32)
+        return {"scores": resize_bilinear(tf.nn.log_softmax(logits), (height, width), upsample.align_corners)}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
@@ -300,7 +306,10 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.inference_output_type = tf.uint8
         content = converter.convert()
     if quantize == "int8" and outputs == "scores":
-        content = tflite.quantize_before_upsampling(content)
+        try:
+            content = tflite.quantize_before_upsampling(content)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     output = tflite.output_spec(content)
     output["meaning"] = ("log-probabilities (the logits up to a shift per pixel): argmax is the class, softmax the "
                          "probabilities" if outputs == "scores" else "the class index of each pixel")

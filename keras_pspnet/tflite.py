@@ -125,9 +125,11 @@ def quantize_before_upsampling(content: bytes) -> bytes:
     """An int8 "scores" .tflite whose uint8 output is requantized before the final bilinear resize, not after.
 
     The converter appends the QUANTIZE (int8 -> uint8: same scale, zero point + 128) after the resize, so the
-    full-resolution scores exist twice. The resize commutes with that shift exactly (its weights sum to one), so
-    converting the classifier's map first gives the same bytes with one full-resolution tensor. Raises if the
-    graph does not end so (a converter that builds it otherwise): the saving would be lost unnoticed.
+    full-resolution scores exist twice. The resize commutes with that shift (its weights sum to one), so
+    converting the classifier's map first gives the same values with one full-resolution tensor: the same bytes
+    under XNNPACK (LiteRT's and MediaPipe's CPU path); TFLite's reference kernels round ties of the int8 and uint8
+    resize apart, by one step at most. Raises ValueError if the graph does not end so (a converter that builds it
+    otherwise): the saving would be lost unnoticed.
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -144,7 +146,7 @@ def quantize_before_upsampling(content: bytes) -> bytes:
                                                                                         schema.TensorType.UINT8)
             or not np.array_equal(tensors[resize.outputs[0]].quantization.scale,
                                   tensors[quantize.outputs[0]].quantization.scale)):
-        raise RuntimeError("int8 scores: the converted model does not end in RESIZE_BILINEAR (int8) -> QUANTIZE "
+        raise ValueError("int8 scores: the converted model does not end in RESIZE_BILINEAR (int8) -> QUANTIZE "
                            "(uint8, same scale); this TensorFlow's converter is not supported for it")
     source, between, output = int(resize.inputs[0]), int(resize.outputs[0]), int(quantize.outputs[0])
     middle = tensors[between]

@@ -14,7 +14,7 @@ esac
 python -m pip install -q $pins -e ".[${extras}]"
 case "$extras" in  # MediaPipe's ImageSegmenter runs our .tflite in the tests. --no-deps: its opencv-contrib-python
   # (cv2 5.x) would replace the cv2 4.12 the augmentation tests compare with; its tasks work with 4.12.
-  *test*) python -m pip install -q --no-deps "mediapipe==1.2.3" && python -m pip install -q certifi matplotlib ;;
+  *test*) python -m pip install -q --no-deps "mediapipe==1.2.3" && python -m pip install -q certifi matplotlib "flatbuffers>=25.9,<26" ;;
 esac
 # TF Serving protos for the gRPC client and the tests that parse our warmup records (export itself does not need
 # them); their wheel asks for the full tensorflow, so --no-deps.

@@ -104,6 +104,12 @@ def test_tflite_errors(trained, tmp_path):
                        "classes.; this model has 257: use the scores output"):
         export_tflite(wide, str(tmp_path / "m.tflite"), CLASS_SETS["ade20k"], input_size=(32, 32),
                       outputs="class_map")
+    with pytest.raises(ValueError, match="m.tflite: 150 class names for a model of 4 classes"):
+        export_tflite(model, str(tmp_path / "m.tflite"), CLASS_SETS["ade20k"], input_size=(96, 96))
+    pixels = keras.Input((32, 32, 3))
+    foreign = keras.Model(pixels, keras.layers.Conv2D(4, 1)(pixels))
+    with pytest.raises(ValueError, match="m.tflite: the scores output needs a keras-pspnet model"):
+        export_tflite(foreign, str(tmp_path / "m.tflite"), CLASS_SETS["context"], input_size=(32, 32))
     assert not (tmp_path / "m.tflite").exists()
     (tmp_path / "m.tflite").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="m.tflite: already exists"):
