@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.layers.resize import resize_bilinear
-from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
+from keras_pspnet.model import inference_model, low_resolution_logits, model_mean, model_metadata, uses_align_corners
 from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
@@ -259,7 +259,8 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
                          f"model has {classes}: use the scores output")
     if len(info.class_names) != classes:  # MediaPipe's labels must match the channels one to one
         raise ValueError(f"{path}: {len(info.class_names)} class names for a model of {classes} classes")
-    if outputs == "scores" and "classifier_resize" not in [layer.name for layer in model.layers]:
+    classifier = low_resolution_logits(model) if outputs == "scores" else None
+    if outputs == "scores" and classifier is None:
         raise ValueError(f"{path}: the scores output needs a keras-pspnet model (upsampling layer "
                          "'classifier_resize'); use the class_map output")
     if quantize == "int8" and calibration is None:
@@ -276,9 +277,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             raise ValueError(f"{path}: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images "
                              f"to set its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
-    if outputs == "scores":
-        upsample = model.get_layer("classifier_resize")
-        classifier = keras.Model(model.input, upsample.input[0])  # the logits before the upsampling
+    align_corners = uses_align_corners(model)
 
     def serve(images):
         if outputs == "class_map":
@@ -288,7 +287,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         # tensors (the resize's, the softmax's); softmax before a resize of probabilities changes the argmax
         # (98.7% of pixels agreed with the Keras model on our test scenes).
         logits = tf.cast(classifier(tf.cast(images, model.input.dtype), training=False), tf.float32)
-        return {"scores": resize_bilinear(tf.nn.log_softmax(logits), (height, width), upsample.align_corners)}
+        return {"scores": resize_bilinear(tf.nn.log_softmax(logits), (height, width), align_corners)}
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
@@ -305,19 +304,17 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_output_type = tf.uint8
         content = converter.convert()
+    tree = tflite.model_tree(content)  # decoded once for the rewrite, the output's spec and the metadata
     if quantize == "int8" and outputs == "scores":
         try:
-            content = tflite.quantize_before_upsampling(content)
+            tflite.quantize_before_upsampling(tree)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
-    output = tflite.output_spec(content)
-    output["meaning"] = ("log-probabilities (the logits up to a shift per pixel): argmax is the class, softmax the "
-                         "probabilities" if outputs == "scores" else "the class index of each pixel")
     meta = metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,
-                    outputs={outputs: output}, tested_runtimes=TESTED_RUNTIMES)
+                    outputs={outputs: tflite.output_spec(tree, outputs)}, tested_runtimes=TESTED_RUNTIMES)
     description = (f"PSPNet semantic segmentation, {classes} classes: uint8 RGB {height}x{width} in, {outputs} out "
                    f"({'fp32' if quantize == 'none' else quantize})")
-    content = tflite.populate(content, meta, outputs, description, __version__)
+    content = tflite.populate(tree, meta, outputs, description, __version__)
     with open(path + ".tmp", "wb") as f:
         f.write(content)
     with open(json_path + ".tmp", "w") as f:

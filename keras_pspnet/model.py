@@ -246,9 +246,20 @@ def model_mean(model: keras.Model) -> np.ndarray:
         return np.full(3, 127.5, np.float32)
 
 
+def _upsampling(model: keras.Model):
+    """The head's final bilinear upsampling of the logits to the image size, or None (not a PSPNet of ours)."""
+    try:
+        return model.get_layer("classifier_resize")
+    except ValueError:
+        return None
+
+
 def uses_align_corners(model: keras.Model) -> bool:
     """Whether the model's bilinear upsampling aligns corners (PyTorch `align_corners=True`)."""
-    try:
-        return bool(getattr(model.get_layer("classifier_resize"), "align_corners", False))
-    except ValueError:  # not a PSPNet of ours: no upsampling to align
-        return False
+    return bool(getattr(_upsampling(model), "align_corners", False))
+
+
+def low_resolution_logits(model: keras.Model) -> keras.Model | None:
+    """The model up to its classifier: the logits before the final upsampling (None for a model without it)."""
+    upsampling = _upsampling(model)
+    return None if upsampling is None else keras.Model(model.input, upsampling.input[0])

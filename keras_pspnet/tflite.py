@@ -87,7 +87,15 @@ def _segmenter_options() -> bytes:
     return bytes(builder.Output())
 
 
-def metadata_buffer(layout: str, description: str, version: str) -> bytes:
+# The output of each layout: its description and how its label file maps (AssociatedFileType).
+_OUTPUTS = {
+    "scores": ("log-probabilities per pixel, one channel per class: softmax gives the probabilities, argmax the "
+               "class", "class names, one per channel", _AXIS_LABELS),
+    "class_map": ("the class index of each pixel (uint8)", "class names, one per class index", _VALUE_LABELS),
+}
+
+
+def _metadata_buffer(layout: str, description: str, version: str) -> bytes:
     """The ModelMetadata flatbuffer of a segmentation .tflite with one uint8 RGB input and one output of `layout`:
     "scores" [1, H, W, classes] (MediaPipe ImageSegmenter's layout) or "class_map" [1, H, W]."""
     builder = flatbuffers.Builder(1024)
@@ -96,33 +104,28 @@ def metadata_buffer(layout: str, description: str, version: str) -> bytes:
     unit = _table(builder, 2, {0: ("uint8", _NORMALIZATION), 1: ("offset", normalization)})
     image = _tensor(builder, "image", "RGB pixels 0-255 (uint8); the model normalises them itself",
                     color_space=_RGB, process_units=[unit], stats=(0.0, 255.0))
-    if layout == "scores":
-        labels = _file(builder, LABELS_FILE, "class names, one per channel", _AXIS_LABELS)
-        output = _tensor(builder, "scores", "log-probabilities per pixel, one channel per class: softmax gives the "
-                         "probabilities, argmax the class", color_space=_GRAYSCALE, files=[labels],
-                         content_range=(1, 2))
-    else:
-        labels = _file(builder, LABELS_FILE, "class names, one per class index", _VALUE_LABELS)
-        output = _tensor(builder, "class_map", "the class index of each pixel (uint8)", color_space=_GRAYSCALE,
-                         files=[labels], content_range=(1, 2))
+    meaning, labels_meaning, labels_kind = _OUTPUTS[layout]
+    labels = _file(builder, LABELS_FILE, labels_meaning, labels_kind)
+    output = _tensor(builder, layout, meaning, color_space=_GRAYSCALE, files=[labels], content_range=(1, 2))
     slots = {2: ("offset", _offsets(builder, [image])), 3: ("offset", _offsets(builder, [output]))}
     if layout == "scores":
         name, data = builder.CreateString("SEGMENTER_METADATA"), builder.CreateByteVector(_segmenter_options())
         slots[9] = ("offset", _offsets(builder, [_table(builder, 2, {0: ("offset", name), 1: ("offset", data)})]))
     subgraph = _table(builder, 10, slots)
-    packed = _file(builder, JSON_FILE, "keras-pspnet metadata: classes with names and colours, normalisation done "
+    json_file = _file(builder, JSON_FILE, "keras-pspnet metadata: classes with names and colours, normalisation done "
                    "inside, test protocol, source", _UNKNOWN)
     parser = "1.5.0" if layout == "scores" else "1.0.0"  # subgraph custom_metadata came with parser 1.5.0
     strings = [builder.CreateString(text) for text in ("PSPNet", description, version, "keras-pspnet", parser)]
     model = _table(builder, 8, {0: ("offset", strings[0]), 1: ("offset", strings[1]), 2: ("offset", strings[2]),
                                 3: ("offset", _offsets(builder, [subgraph])), 4: ("offset", strings[3]),
-                                6: ("offset", _offsets(builder, [packed])), 7: ("offset", strings[4])})
+                                6: ("offset", _offsets(builder, [json_file])), 7: ("offset", strings[4])})
     builder.Finish(model, file_identifier=b"M001")
     return bytes(builder.Output())
 
 
-def quantize_before_upsampling(content: bytes) -> bytes:
-    """An int8 "scores" .tflite whose uint8 output is requantized before the final bilinear resize, not after.
+def quantize_before_upsampling(tree) -> None:
+    """Makes an int8 "scores" model (`model_tree`) requantize its uint8 output before the final bilinear resize,
+    not after.
 
     The converter appends the QUANTIZE (int8 -> uint8: same scale, zero point + 128) after the resize, so the
     full-resolution scores exist twice. The resize commutes with that shift (its weights sum to one), so
@@ -133,7 +136,6 @@ def quantize_before_upsampling(content: bytes) -> bytes:
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    tree = _unpacked(content)
     graph, codes = tree.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in tree.operatorCodes]
     producers = {int(t): op for op in graph.operators for t in op.outputs}
     quantize = producers.get(int(graph.outputs[0]))
@@ -147,7 +149,7 @@ def quantize_before_upsampling(content: bytes) -> bytes:
             or not np.array_equal(tensors[resize.outputs[0]].quantization.scale,
                                   tensors[quantize.outputs[0]].quantization.scale)):
         raise ValueError("int8 scores: the converted model does not end in RESIZE_BILINEAR (int8) -> QUANTIZE "
-                           "(uint8, same scale); this TensorFlow's converter is not supported for it")
+                         "(uint8, same scale); this TensorFlow's converter is not supported for it")
     source, between, output = int(resize.inputs[0]), int(resize.outputs[0]), int(quantize.outputs[0])
     middle = tensors[between]
     middle.shape, middle.shapeSignature = tensors[source].shape, tensors[source].shapeSignature
@@ -157,55 +159,58 @@ def quantize_before_upsampling(content: bytes) -> bytes:
     order = graph.operators
     order.remove(quantize)
     order.insert(order.index(resize), quantize)
-    return _packed(tree, len(content))
 
 
-def output_spec(content: bytes) -> dict:
-    """dtype, shape and (for integer outputs) quantization of a one-output .tflite's output."""
+def output_spec(tree, layout: str) -> dict:
+    """dtype, shape, (for integer outputs) quantization and meaning of a one-output model's (`model_tree`) output
+    of `layout`."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    graph = schema.Model.GetRootAsModel(content, 0).Subgraphs(0)
-    tensor = graph.Tensors(graph.Outputs(0))
+    graph = tree.subgraphs[0]
+    tensor = graph.tensors[graph.outputs[0]]
     names = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
-    spec = {"dtype": names[tensor.Type()], "shape": tensor.ShapeAsNumpy().tolist()}
-    quantization = tensor.Quantization()
-    if quantization is not None and quantization.ScaleLength():
-        spec["quantization"] = {"scale": float(quantization.Scale(0)), "zero_point": int(quantization.ZeroPoint(0))}
+    spec = {"dtype": names[tensor.type], "shape": np.asarray(tensor.shape).tolist(), "meaning": _OUTPUTS[layout][0]}
+    quantization = tensor.quantization
+    if quantization is not None and quantization.scale is not None and len(quantization.scale):
+        spec["quantization"] = {"scale": float(quantization.scale[0]), "zero_point": int(quantization.zeroPoint[0])}
     return spec
 
 
-def _unpacked(content: bytes):
-    """The model flatbuffer as TF's generated object tree (TF ships the schema; exporting imports TF anyway)."""
+def model_tree(content: bytes):
+    """A .tflite's model flatbuffer as TF's generated object tree, to change and then `populate` (TF ships the
+    schema; exporting imports TF anyway)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
 
 
-def _packed(tree, size: int) -> bytes:
+def packed(tree) -> bytes:
+    """The model flatbuffer of a `model_tree`."""
+    size = sum(len(buffer.data) for buffer in tree.buffers if buffer.data is not None)
     builder = flatbuffers.Builder(size + 2**16)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
 
-def populate(model: bytes, meta: dict, layout: str, description: str, version: str) -> bytes:
-    """`model` with its metadata: the ModelMetadata buffer under "TFLITE_METADATA" in the model's flatbuffer, and
-    the labels file and `meta` as JSON in a zip archive appended to it (where TFLite metadata keeps its files)."""
+def populate(tree, meta: dict, layout: str, description: str, version: str) -> bytes:
+    """The .tflite of `tree` (`model_tree`) with its metadata: the ModelMetadata buffer under "TFLITE_METADATA" in
+    the model's flatbuffer, and the labels file and `meta` as JSON in a zip archive appended to it (where TFLite
+    metadata keeps its files)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     names = [entry["name"] for entry in meta["classes"]]
-    tree = _unpacked(model)
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(metadata_buffer(layout, description, version), np.uint8)
+    buffer.data = np.frombuffer(_metadata_buffer(layout, description, version), np.uint8)
     entry = schema.MetadataT()
     entry.name, entry.buffer = b"TFLITE_METADATA", len(tree.buffers)
     tree.buffers.append(buffer)
     tree.metadata = [*(tree.metadata or []), entry]
-    packed = io.BytesIO()
-    packed.write(_packed(tree, len(model)))
-    with zipfile.ZipFile(packed, "a") as archive:  # offsets count from the file's start, as MediaPipe reads them
+    result = io.BytesIO()
+    result.write(packed(tree))
+    with zipfile.ZipFile(result, "a") as archive:  # offsets count from the file's start, as MediaPipe reads them
         for name, text in ((LABELS_FILE, "\n".join(names) + "\n"), (JSON_FILE, json.dumps(meta, indent=1))):
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), text)  # the same bytes each time
-    return packed.getvalue()
+    return result.getvalue()
 
 
 def packed_json(path: str) -> dict | None:

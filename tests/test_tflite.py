@@ -31,7 +31,7 @@ def test_requantizing_before_the_upsampling_gives_the_same_values_with_one_full_
     import numpy as np
     from ai_edge_litert.interpreter import OpResolverType
 
-    from keras_pspnet.tflite import quantize_before_upsampling
+    from keras_pspnet.tflite import model_tree, packed, quantize_before_upsampling
 
     size, channels = 48, 8
 
@@ -48,7 +48,9 @@ def test_requantizing_before_the_upsampling_gives_the_same_values_with_one_full_
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type, converter.inference_output_type = tf.int8, tf.uint8
     original = converter.convert()
-    rewritten = quantize_before_upsampling(original)
+    tree = model_tree(original)
+    quantize_before_upsampling(tree)
+    rewritten = packed(tree)
     assert rewritten != original
     for resolver, tolerance in [(OpResolverType.AUTO, 0), (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, 1)]:
         interpreters = [Interpreter(model_content=content, experimental_op_resolver_type=resolver)
@@ -68,4 +70,4 @@ def test_requantizing_before_the_upsampling_gives_the_same_values_with_one_full_
             assert results[0].std() > 0
             assert np.abs(results[1] - results[0]).max() <= tolerance
     with pytest.raises(ValueError, match="does not end in RESIZE_BILINEAR .int8. -> QUANTIZE"):
-        quantize_before_upsampling(rewritten)  # (it ends in QUANTIZE -> RESIZE_BILINEAR now)
+        quantize_before_upsampling(model_tree(rewritten))  # (it ends in QUANTIZE -> RESIZE_BILINEAR now)
