@@ -115,6 +115,14 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-2.index"))
 
 
+def latest_step(checkpoint_dir):
+    """The step of the checkpoint the manager's state file names (0 before the first)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
 def restored_counter(run_dir, policy=None):
     """The run's step counter, the optimizer's own count and learning rate, from its latest checkpoint."""
     import tensorflow as tf
@@ -146,7 +154,9 @@ def test_sigkill_resume_export(tmp_path, policy):
     args = pspnet("train", "--out", run_dir, *[a for s in overrides for a in ("--set", s)])
     process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-10.index")):
+    # The manager writes ckpt-N's files, then names it in the `checkpoint` state file: a kill in between resumes
+    # from ckpt-(N-5), correctly. Wait for the state file, so the run is known to have a checkpoint at step >= 10.
+    while not latest_step(os.path.join(run_dir, "checkpoints")) >= 10:
         assert process.poll() is None and time.time() < deadline, "training ended before its checkpoint"
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
