@@ -19,75 +19,74 @@ latency of MediaPipe's ImageSegmenter on each scores model (category mask only).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
+import resource
 import sys
-from importlib.metadata import version
+
+# Light imports only (this folder is the script's): the runs in fresh processes import this module, and their
+# "RSS before load" is Python's own. The other modules come in the functions that use them.
+from timing import median_seconds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-MEASURE = """
-import json, resource, statistics, sys, time
-import numpy as np
-from ai_edge_litert.interpreter import Interpreter
-path, threads, runs, copy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "copy"
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-interpreter = Interpreter(model_path=path, num_threads=threads)
-outputs = interpreter._get_full_signature_list()["serving_default"]["outputs"]  # name -> tensor index
-(source,), details = interpreter.get_input_details(), {t["index"]: t for t in interpreter.get_output_details()}
-targets = {name: details[index] for name, index in sorted(outputs.items())}
-image = np.random.default_rng(0).integers(0, 256, source["shape"], dtype=np.uint8)
-if copy:  # the signature runner returns copies of the outputs, as an app copies them into its own buffers
-    runner = interpreter.get_signature_runner("serving_default")  # (it holds the interpreter's arrays)
-    run = lambda: runner(images=image)
-else:  # outputs read where LiteRT wrote them, as MediaPipe reads them
-    interpreter.allocate_tensors()
-    run = lambda: (interpreter.set_tensor(source["index"], image), interpreter.invoke())
-run()
-times = []
-for _ in range(runs):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-if not copy:
-    sums = [float(interpreter.tensor(t["index"])().sum()) for t in targets.values()]  # (the outputs are read)
-print(json.dumps({"before": before / 1024, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "ms": 1000 * statistics.median(times),
-                  "output": ", ".join(f"{n} {t['dtype'].__name__} {t['shape'].tolist()}" for n, t in targets.items())}))
-"""
 
-MEDIAPIPE = """
-import json, resource, statistics, sys, time
-import numpy as np
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class NoTensorFlow:  # MediaPipe imports TensorFlow when it is installed (for its docs only): not in this measure
+def _run_litert(path: str, threads: str, runs: str, mode: str) -> None:
+    """One file in LiteRT, in this (fresh) process: prints its JSON line (RSS before loading, peak, median ms,
+    outputs). mode "copy": the signature runner returns copies of the outputs, as an app copies them into its own
+    buffers; "view": the outputs are read where LiteRT wrote them, as MediaPipe reads them."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    before = _peak_mib()
+    interpreter = Interpreter(model_path=path, num_threads=int(threads))
+    outputs = interpreter._get_full_signature_list()["serving_default"]["outputs"]  # name -> tensor index
+    (source,), details = interpreter.get_input_details(), {t["index"]: t for t in interpreter.get_output_details()}
+    targets = {name: details[index] for name, index in sorted(outputs.items())}
+    image = np.random.default_rng(0).integers(0, 256, source["shape"], dtype=np.uint8)
+    if mode == "copy":
+        runner = interpreter.get_signature_runner("serving_default")  # (it holds the interpreter's arrays)
+        seconds = median_seconds(lambda: runner(images=image), int(runs))
+    else:
+        interpreter.allocate_tensors()
+        seconds = median_seconds(lambda: (interpreter.set_tensor(source["index"], image), interpreter.invoke()),
+                                 int(runs))
+        for target in targets.values():  # (the outputs are read)
+            float(interpreter.tensor(target["index"])().sum())
+    print(json.dumps({"before": before, "peak": _peak_mib(), "ms": 1000 * seconds,
+                      "output": ", ".join(f"{n} {t['dtype'].__name__} {t['shape'].tolist()}"
+                                          for n, t in targets.items())}))
+
+
+class _NoTensorFlow:  # MediaPipe imports TensorFlow when it is installed (for its docs only): not in this measure
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == "tensorflow":
             raise ModuleNotFoundError(name)
 
 
-sys.meta_path.insert(0, NoTensorFlow())
-import mediapipe as mp
-from mediapipe.tasks.python import vision
-from mediapipe.tasks.python.core.base_options import BaseOptions
-path, runs, height, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
-    base_options=BaseOptions(model_asset_path=path), output_category_mask=True, output_confidence_masks=False))
-image = mp.Image(image_format=mp.ImageFormat.SRGB,
-                 data=np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
-segmenter.segment(image)
-times = []
-for _ in range(runs):
-    start = time.perf_counter()
-    segmenter.segment(image).category_mask.numpy_view()
-    times.append(time.perf_counter() - start)
-print(json.dumps({"before": before / 1024, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "ms": 1000 * statistics.median(times)}))
-"""
+def _run_mediapipe(path: str, runs: str, height: str, width: str) -> None:
+    """One scores file in MediaPipe's ImageSegmenter (category mask only), in this (fresh) process: prints its JSON
+    line (RSS before loading, peak, median ms)."""
+    sys.meta_path.insert(0, _NoTensorFlow())
+    import mediapipe as mp
+    import numpy as np
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    before = _peak_mib()
+    segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
+        base_options=BaseOptions(model_asset_path=path), output_category_mask=True, output_confidence_masks=False))
+    image = mp.Image(image_format=mp.ImageFormat.SRGB,
+                     data=np.random.default_rng(0).integers(0, 256, (int(height), int(width), 3), dtype=np.uint8))
+    seconds = median_seconds(lambda: segmenter.segment(image).category_mask.numpy_view(), int(runs))
+    print(json.dumps({"before": before, "peak": _peak_mib(), "ms": 1000 * seconds}))
+
+
+RUNS = {"_litert": _run_litert, "_mediapipe": _run_mediapipe}  # what `measure` runs in a fresh process each
 
 
 def export(args) -> None:
@@ -119,18 +118,23 @@ def export(args) -> None:
             tf.keras.backend.clear_session()
 
 
-def _last_line(result: subprocess.CompletedProcess) -> str:
+def _last_line(result) -> str:
     lines = (result.stdout + result.stderr).strip().splitlines()
     return lines[-1][:100] if lines else f"exit code {result.returncode}"
 
 
-def _run(code: str, path: str, *args) -> dict | str:
-    result = subprocess.run([sys.executable, "-c", code, path, *map(str, args)], capture_output=True, text=True)
+def _run(kind: str, path: str, *args) -> dict | str:
+    import subprocess
+
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), kind, path, *map(str, args)],
+                            capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else \
         f"fails: {_last_line(result)}"
 
 
 def measure(args) -> None:
+    from importlib.metadata import version
+
     files = sorted(os.path.join(d, f) for d in args.dirs for f in os.listdir(d) if f.endswith(".tflite"))
     print(f"LiteRT {version('ai-edge-litert')}, XNNPACK, {args.threads} threads, batch 1, median of {args.runs} runs "
           "after one; peak RSS of the whole process (Python and the runtime included), MiB")
@@ -139,8 +143,8 @@ def measure(args) -> None:
     print(header + mediapipe)
     print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.mediapipe else ""))
     for path in files:
-        in_place = _run(MEASURE, path, args.threads, args.runs, "view")
-        copied = _run(MEASURE, path, args.threads, args.runs, "copy")
+        in_place = _run("_litert", path, args.threads, args.runs, "view")
+        copied = _run("_litert", path, args.threads, args.runs, "copy")
         if isinstance(in_place, str) or isinstance(copied, str):
             print(f"| {os.path.basename(path)} | {in_place if isinstance(in_place, str) else copied} |", flush=True)
             continue
@@ -148,13 +152,17 @@ def measure(args) -> None:
               f"{in_place['before']:.0f} | {in_place['peak']:.0f} | {copied['peak']:.0f} | {in_place['ms']:.0f} |"
         if args.mediapipe:  # MediaPipe takes the per-class scores layout only
             shape = in_place["output"].split("[")[1].rstrip("]").split(", ")
-            result = _run(MEDIAPIPE, path, args.runs, shape[1], shape[2]) if in_place["output"].startswith(
+            result = _run("_mediapipe", path, args.runs, shape[1], shape[2]) if in_place["output"].startswith(
                 "scores") else "-"
             row += f" {result} | |" if isinstance(result, str) else f" {result['peak']:.0f} | {result['ms']:.0f} |"
         print(row, flush=True)
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in RUNS:
+        return RUNS[sys.argv[1]](*sys.argv[2:])
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(required=True)
     exporting = commands.add_parser("export")

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pspnet import __version__, tflite
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.layers.resize import resize_bilinear
@@ -20,7 +21,6 @@ from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
 QUANTIZATIONS = ("none", "fp16", "int8")
-TFLITE_OUTPUTS = ("scores", "class_map")
 MIN_CALIBRATION_IMAGES = 16  # int8 activation ranges are min/max over the calibration windows: too few clip others
 # The runtimes whose loading and results CI checks (tests/test_tflite_runtimes.py); the JSON states them.
 TESTED_RUNTIMES = {"ai-edge-litert": "2.3.0", "mediapipe": "1.2.3"}
@@ -246,13 +246,11 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     `calibration`: at least MIN_CALIBRATION_IMAGES uint8 images [height, width, 3] of any size, each turned into
     the window the model sees by `calibration_window`). An auxiliary head is dropped (`inference_model`).
     """
-    from keras_pspnet import __version__, tflite
-
     model = inference_model(model)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
-    if outputs not in TFLITE_OUTPUTS:
-        raise ValueError(f"outputs must be one of {list(TFLITE_OUTPUTS)}, got {outputs!r}.")
+    if outputs not in tflite.LAYOUTS:
+        raise ValueError(f"outputs must be one of {list(tflite.LAYOUTS)}, got {outputs!r}.")
     classes = int(model.output.shape[-1])
     if outputs == "class_map" and classes > 256:
         raise ValueError(f"{path}: a class_map output holds class indices as uint8 (at most 256 classes); this "

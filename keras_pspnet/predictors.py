@@ -92,7 +92,7 @@ class TFLitePredictor(_ExportedPredictor):
         except ImportError:
             raise ImportError(f"{path}: running a .tflite needs the LiteRT interpreter: pip install ai-edge-litert "
                               "(the [serving] extra)") from None
-        from keras_pspnet.tflite import packed_json
+        from keras_pspnet.tflite import LAYOUTS, packed_json
 
         super().__init__(path, os.path.splitext(path)[0] + ".json", packed_json(path))
         self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
@@ -100,8 +100,8 @@ class TFLitePredictor(_ExportedPredictor):
         if self.input_size != shape[1:3]:
             raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its metadata says {self.input_size}")
         outputs = self.runner.get_output_details()
-        if len(outputs) != 1 or not outputs.keys() & {"scores", "class_map"}:
-            raise ValueError(f"{path}: has outputs {sorted(outputs)}, not one of scores or class_map (a .tflite "
+        if len(outputs) != 1 or not outputs.keys() & set(LAYOUTS):
+            raise ValueError(f"{path}: has outputs {sorted(outputs)}, not one of {' or '.join(LAYOUTS)} (a .tflite "
                              "of keras-pspnet <= 0.3: export it again with `pspnet export`)")
         (self.output, details), = outputs.items()
         self.scale, self.zero_point = details["quantization"]

@@ -93,6 +93,7 @@ _OUTPUTS = {
                "class", "class names, one per channel", _AXIS_LABELS),
     "class_map": ("the class index of each pixel (uint8)", "class names, one per class index", _VALUE_LABELS),
 }
+LAYOUTS = tuple(_OUTPUTS)  # the output layouts a .tflite of ours has, the default first
 
 
 def _metadata_buffer(layout: str, description: str, version: str) -> bytes:

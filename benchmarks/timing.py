@@ -1,0 +1,15 @@
+"""The benchmarks' one timing rule: the median of `repeats` runs after a warm-up (light to import: the scripts'
+runs in fresh processes measure their memory from it)."""
+
+import statistics
+import time
+
+
+def median_seconds(run, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
