@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 
-from timing import median_seconds  # (this folder is the script's)
+from timing import median_seconds  # (sys.path[0] is this script's folder)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

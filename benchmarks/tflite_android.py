@@ -6,8 +6,8 @@
 
 `export` writes one .tflite per preset, class count, quantization and layout (random weights: memory and speed do
 not depend on them; int8 is calibrated on 16 synthetic scenes). `--layouts default` exports the default layout
-of the package this script sits in: to measure an earlier version's layout, copy the script into the benchmarks/
-folder of a checkout of that version and run `export` there.
+of the package this script sits in: to measure an earlier version's layout, copy the script and timing.py into
+the benchmarks/ folder of a checkout of that version and run `export` there.
 
 `measure` runs each file in fresh processes (LiteRT alone, no TensorFlow): loads it, runs it once (XNNPACK
 applies its delegate), then `--runs` more times, and prints the peak RSS of the process (Python and LiteRT
@@ -24,8 +24,8 @@ import os
 import resource
 import sys
 
-# Light imports only (this folder is the script's): the runs in fresh processes import this module, and their
-# "RSS before load" is Python's own. The other modules come in the functions that use them.
+# Light imports only (sys.path[0] is this script's folder): the runs in fresh processes import this module, and
+# their "RSS before load" is Python's own. The other modules come in the functions that use them.
 from timing import median_seconds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))

@@ -1,5 +1,5 @@
-"""The benchmarks' one timing rule: the median of `repeats` runs after a warm-up (light to import: the scripts'
-runs in fresh processes measure their memory from it)."""
+"""The timing rule of export_cpu.py and tflite_android.py: the median of `repeats` runs after a warm-up (light to
+import: tflite_android's runs in fresh processes measure their memory from it)."""
 
 import statistics
 import time

@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "load, HxW[,HxW...] (the sizes clients will send), or none")
     export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
     export.add_argument("--input-size", help="TFLite input size HxW")
+    # (choices written out, as --quantize's: keras_pspnet.tflite.LAYOUTS would import Keras to parse arguments)
     export.add_argument("--outputs", choices=("scores", "class_map"),
                         help="TFLite output: scores [1,H,W,classes] log-probabilities (default; MediaPipe "
                         "ImageSegmenter's layout) or class_map [1,H,W] uint8 class indices")

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import subprocess
@@ -123,3 +124,14 @@ def test_verbose_goes_before_or_after_the_command_and_bad_numbers_are_refused(ca
             parser.parse_args(["predict", "--model", "m.keras", "x.jpg", "--out", "o", option, "0"])
         assert capsys.readouterr().err == (f"pspnet: error: argument {option}: expected a positive integer, got '0' "
                                            "(see `pspnet predict --help`)\n")
+
+
+def test_export_choices_are_the_ones_export_takes():
+    """The parser writes --quantize's and --outputs' choices out (importing them would load Keras): the same."""
+    from keras_pspnet.cli import build_parser
+    from keras_pspnet.export import QUANTIZATIONS
+    from keras_pspnet.tflite import LAYOUTS
+
+    commands, = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {action.dest: action.choices for action in commands.choices["export"]._actions}
+    assert tuple(choices["quantize"]) == QUANTIZATIONS and tuple(choices["outputs"]) == LAYOUTS
