@@ -8,6 +8,8 @@ from collections.abc import Sequence
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # both references' multi-scale evaluation
 STYLES = ("semseg", "mmseg")
 MODES = ("whole", "slide")
+LARGEST_SIDE = 2**15  # sizes a protocol may name (resize, windows); what they cost is checked before running
+LARGEST_SCALE = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +48,29 @@ class TestProtocol:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.mode == "slide" and not self.crop:
             raise ValueError("sliding-window inference needs a crop size (--crop HxW)")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive, got {self.scales}")
-        for name in ("crop", "stride"):
-            value = getattr(self, name)
-            if value is not None and (len(value) != 2 or min(value) < 1):
-                raise ValueError(f"{name} must be (height, width) >= 1, got {value}")
+        if not self.scales or not all(_number(s) and 0 < s <= LARGEST_SCALE for s in self.scales):
+            raise ValueError(f"scales must be in (0, {LARGEST_SCALE:g}], got {self.scales}")
+        for name, value in (("crop", self.crop), ("stride", self.stride), ("resize", self.resize)):
+            one_side = name == "resize" and _integer(value)  # semseg's base size: the long side
+            values = (value,) if one_side else value
+            if value is not None and not (isinstance(values, (tuple, list)) and len(values) == (1 if one_side else 2)
+                                          and all(_integer(v) and 1 <= v <= LARGEST_SIDE for v in values)):
+                shape = "a long side or (long, short)" if name == "resize" else "(height, width)"
+                raise ValueError(f"{name} must be {shape}, integers in 1-{LARGEST_SIDE}, got {value}")
         if self.crop and self.stride and (self.stride[0] > self.crop[0] or self.stride[1] > self.crop[1]):
             raise ValueError(f"stride {self.stride} exceeds the crop {self.crop}: windows would leave gaps")
+
+    @property
+    def name(self) -> str:
+        """"semseg", "mmseg" or "native" (the authors' way of combining windows and flips, at the image's size)."""
+        return "native" if self.resize is None and self.style == "semseg" else self.style
+
+    @property
+    def absent_classes(self) -> str:
+        """How mean IoU and mean accuracy count a class absent from both labels and predictions, as the
+        reference of this protocol counts it: "zero" (hszhao/semseg tool/test.py: IoU 0, a plain mean over all
+        classes) for the authors' protocol, else "skip" (mmsegmentation's and Keras' MeanIoU: left out)."""
+        return "zero" if self.name == "semseg" else "skip"
 
     @property
     def window_stride(self) -> tuple[int, int]:
@@ -100,8 +117,15 @@ class TestProtocol:
             f"slide {self.crop[0]}x{self.crop[1]} stride {self.window_stride[0]}x{self.window_stride[1]}")
         extras = (["scales " + ",".join(f"{s:g}" for s in self.scales)] if self.scales != (1.0,) else []) + (
             ["flip"] if self.flip else [])
-        name = "native" if size is None and self.style == "semseg" else self.style
-        return f"{name}: " + ", ".join(part for part in (size, window, *extras) if part)
+        return f"{self.name}: " + ", ".join(part for part in (size, window, *extras) if part)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def own_protocol(metadata: dict) -> TestProtocol:

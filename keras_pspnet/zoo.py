@@ -1,10 +1,16 @@
 """Published PSPNets in one line: mmsegmentation's checkpoints, downloaded once, verified, converted once.
 
 `from_pretrained(name)` downloads the checkpoint into the Keras cache (`~/.keras/keras_pspnet/`, or
-$KERAS_HOME) with `keras.utils.get_file`, checks the SHA-256 prefix that mmsegmentation puts in every file
-name, converts it with `from_mmseg` (no torch needed) and keeps the converted model there: later calls load
-it and need no network. $KERAS_PSPNET_MIRROR replaces the download base URL (an http(s) URL or a local
-folder laid out like the original host) for air-gapped machines and the tests.
+$KERAS_HOME) with `keras.utils.get_file`, verifies it, converts it with `from_mmseg` (no torch needed) and keeps
+the converted model there with its SHA-256: later calls check and load it and need no network.
+$KERAS_PSPNET_MIRROR replaces the download base URL (an https URL, or a local folder laid out like the original
+host) for air-gapped machines and the tests.
+
+What is verified: mmsegmentation publishes the first 8 hex digits of each file's SHA-256 in its name (32 bits:
+enough against a damaged download, not against a forger with a GPU), so those are checked; where the registry
+records the full digest (`PretrainedPSPNet.sha256`), all of it is. The first verified download's full digest is
+kept beside it and checked on every later use, as the converted model's is. Plain-HTTP mirrors are refused
+(loopback aside): on the way, anyone could swap the file for one with the same 8 digits.
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ import hashlib
 import os
 import pathlib
 import sys
-import uuid
+import urllib.parse
 
 import keras
 
 from keras_pspnet import __version__
 from keras_pspnet.convert.mmseg import from_mmseg
+from keras_pspnet.files import atomic_output, partial_name, remove_stale_partials, write_text
 from keras_pspnet.model import inference_model, load_model, model_metadata, set_model_metadata
 from keras_pspnet.protocol import MMSEG_PROTOCOLS, TestProtocol, mmseg_protocol
 
 BASE_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/"
 MIRROR_ENV = "KERAS_PSPNET_MIRROR"
 CACHE_SUBDIR = "keras_pspnet"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # plain HTTP never leaves the machine: a local mirror may use it
 CONVERTER_VERSION = __version__  # in converted file names: each release converts anew (about 10 s for R101)
 
 # mmsegmentation's test protocols of the published numbers (configs/_base_/datasets/*.py, test_cfg).
@@ -46,6 +54,7 @@ class PretrainedPSPNet:
     miou_ms: float | None  # with multi-scale (0.5-1.75) and flip
     protocol: TestProtocol  # the test protocol of those numbers (single scale)
     options: dict = dataclasses.field(default_factory=dict)  # from_mmseg arguments of its config
+    sha256: str | None = None  # the file's full SHA-256 where known (mmsegmentation publishes only the prefix)
 
     @property
     def sha256_prefix(self) -> str:
@@ -57,10 +66,14 @@ class PretrainedPSPNet:
 
     @property
     def url(self) -> str:
-        """The download URL; $KERAS_PSPNET_MIRROR (a URL or a folder) replaces the base."""
+        """The download URL; $KERAS_PSPNET_MIRROR (an https URL or a folder) replaces the base."""
         base = os.environ.get(MIRROR_ENV) or BASE_URL
         if "://" not in base:
             base = pathlib.Path(base).absolute().as_uri()
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme not in ("https", "file") and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
+            raise ValueError(f"{MIRROR_ENV}={base}: only https:// mirrors or local folders are used (plain HTTP can "
+                             "be altered on the way, and the published 8-digit hash prefix does not stop a forgery)")
         return base.rstrip("/") + "/" + self.path
 
 
@@ -152,47 +165,61 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _unique(path: str) -> str:
-    """A name beside `path` that no other process uses: downloads and conversions run concurrently (several
-    workers of a machine start one run) and only finished, checked files take the final name."""
-    stem, extension = os.path.splitext(path)
-    return f"{stem}.partial-{uuid.uuid4().hex[:12]}{extension}"
+def _recorded(path: str) -> str | None:
+    """The SHA-256 recorded beside a cached file when it was verified or written (None: not recorded)."""
+    try:
+        with open(path + ".sha256") as f:
+            return f.read(64)
+    except OSError:
+        return None
+
+
+def _record(path: str, digest: str) -> None:
+    write_text(path + ".sha256", digest)
 
 
 def download(name: str, cache_dir: str | None = None) -> str:
-    """The checkpoint of `name` in the cache, downloaded if missing and checked against its SHA-256 prefix.
+    """The checkpoint of `name` in the cache, downloaded if missing and verified (see the module's docstring).
 
     A file that fails the check is removed (and named in the error): running again downloads it anew.
     """
     entry = get_entry(name)
+    url = entry.url  # a refused mirror is refused before anything is written
     final = os.path.join(cache_folder(cache_dir), "checkpoints", entry.file_name)
+    os.makedirs(os.path.dirname(final), exist_ok=True)  # get_file falls back to /tmp for a folder it cannot write
+    remove_stale_partials(os.path.dirname(final))  # downloads of killed processes
     path = final
     if not os.path.exists(final):
-        os.makedirs(os.path.dirname(final), exist_ok=True)  # get_file falls back to /tmp for a folder it cannot write
         try:
-            path = keras.utils.get_file(fname=os.path.basename(_unique(final)), origin=entry.url,
+            path = keras.utils.get_file(fname=os.path.basename(partial_name(final)), origin=url,
                                         cache_dir=os.path.dirname(final), cache_subdir="")
         except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise OSError(f"{name}: downloading {entry.url} failed ({reason}); nothing was kept, run again to "
+            raise OSError(f"{name}: downloading {url} failed ({reason}); nothing was kept, run again to "
                           f"retry{'' if os.environ.get(MIRROR_ENV) else f' or set {MIRROR_ENV} to a mirror'}") from None
     digest = _sha256(path)
-    if not digest.startswith(entry.sha256_prefix):
+    expected = entry.sha256 or (_recorded(final) if path == final else None)
+    if not digest.startswith(entry.sha256_prefix) or (expected and digest != expected):
         os.remove(path)
-        raise ValueError(f"{final}: SHA-256 {digest[:8]}... does not match {entry.sha256_prefix} published for "
-                         f"{name} (a truncated or altered download); the file was removed, run again to download it "
-                         "anew")
-    os.replace(path, final)
+        what = f"the full SHA-256 {expected[:16]}..." if expected and digest.startswith(entry.sha256_prefix) else \
+            f"{entry.sha256_prefix} published for {name}"
+        raise ValueError(f"{final}: SHA-256 {digest[:16]}... does not match {what} (a truncated or altered file); "
+                         "the file was removed, run again to download it anew")
+    if path != final:
+        os.replace(path, final)
+    if _recorded(final) != digest:
+        _record(final, digest)
     return final
 
 
 def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None = None) -> keras.Model:
     """A published PSPNet (see `list_pretrained()`), converted from its mmsegmentation checkpoint.
 
-    The first call downloads, verifies and converts (keeping the converted model in the cache); later calls
-    load the converted model, offline. The model's metadata holds its class names and colours, the source
-    checkpoint with its published mIoU, and the test protocol of that mIoU, which `predict_scores`,
-    `evaluate`, `pspnet evaluate` and `pspnet predict` use by default.
+    The first call downloads, verifies and converts (keeping the converted model in the cache with its SHA-256);
+    later calls verify and load the converted model, offline (a damaged one is converted again). The model's
+    metadata holds its class names and colours, the source checkpoint with its published mIoU, and the test
+    protocol of that mIoU, which `predict_scores`, `evaluate`, `pspnet evaluate` and `pspnet predict` use by
+    default.
 
     Args:
         name: an mmsegmentation config name, e.g. "pspnet_r50-d8_4xb4-160k_ade20k-512x512".
@@ -201,25 +228,28 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
     """
     entry = get_entry(name)
     target = converted_path(name, cache_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    remove_stale_partials(os.path.dirname(target))
+    if os.path.exists(target) and _recorded(target) != _sha256(target):
+        print(f"{target}: does not match the SHA-256 recorded when it was written (damaged or altered); converting "
+              "the checkpoint again", file=sys.stderr)
+        os.remove(target)
     if not os.path.exists(target):
         checkpoint = download(name, cache_dir)
         print(f"converting {entry.file_name} (once; kept as {target})", file=sys.stderr)
         model = from_mmseg(checkpoint, classes=entry.dataset, **entry.options)
         stored = model_metadata(model).get("protocol")  # the checkpoint's own config, when it holds one
         if stored and TestProtocol.from_dict(stored) != entry.protocol:
-            print(f"{name}: the checkpoint's config tests with {TestProtocol.from_dict(stored).describe()}, the "
-                  f"registry says {entry.protocol.describe()}; keeping the checkpoint's", file=sys.stderr)
+            print(f"{name}: the checkpoint's stored config tests with {TestProtocol.from_dict(stored).describe()}, "
+                  f"the registry says {entry.protocol.describe()}; using the checkpoint's (pass a protocol to "
+                  "evaluate to choose)", file=sys.stderr)
         set_model_metadata(model, protocol=stored or entry.protocol.to_dict(), source={
             "name": entry.name, "format": "mmsegmentation", "url": BASE_URL + entry.path,
             "sha256_prefix": entry.sha256_prefix, "published_miou": entry.miou,
             "published_miou_ms_flip": entry.miou_ms})
-        partial = _unique(target)
-        try:
+        with atomic_output(target) as partial:  # never a half-written model under the final name
             model.save(partial)
-            os.replace(partial, target)  # never a half-written model under the final name
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+            _record(target, _sha256(partial))  # before the model takes its name: a model is never unrecorded
     model = load_model(target)
     return model if aux_head else inference_model(model)
 

@@ -24,6 +24,8 @@ TINY_MMSEG = {"stem_widths": (4, 4, 8), "base_width": 8, "channels": 16, "aux_ch
 # What mmsegmentation stored as meta["config"]: Config.pretty_text of its configs (0.x and 1.x layouts).
 CONFIG_0X_R18 = "mmseg0_pspnet_r18-d8_512x1024_cityscapes.config"  # whole, (2048, 1024)
 CONFIG_1X_R18_769 = "mmseg1_pspnet_r18-d8_769x769_cityscapes.config"  # slide 769/513, (2049, 1025), align_corners
+# The 2020 layout of the published 769x769 checkpoints: test_cfg and img_norm_cfg at the top level, not in `model`.
+CONFIG_2020_R18_769 = "mmseg0_2020_pspnet_r18-d8_769x769_cityscapes.config"
 
 
 def config_text(name: str) -> str:
@@ -56,9 +58,11 @@ def semseg_checkpoint(path, classes: int = 150, *, seed: int = 0, layers: int = 
     return reference, str(path)
 
 
-def reference_logits(reference, pixels: np.ndarray, **kwargs) -> list[np.ndarray]:
-    """The reference's (logits, aux) on RGB pixels 0-255 [N, H, W, 3], channels last."""
-    normalised = (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+def reference_logits(reference, pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr: bool = False,
+                     **kwargs) -> list[np.ndarray]:
+    """The reference's (logits, aux) on RGB pixels 0-255 [N, H, W, 3], channels last, normalised as mmsegmentation
+    does: with `bgr`, the channels are reversed first (no to_rgb) and `mean` and `std` are in BGR order."""
+    normalised = ((pixels[..., ::-1] if bgr else pixels) - np.array(mean)) / np.array(std)
     with torch.no_grad():
         outputs = reference(torch.from_numpy(normalised.astype("float32")).permute(0, 3, 1, 2), **kwargs)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]

@@ -77,7 +77,7 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
 def test_errors_are_one_line_without_traceback(tmp_path):
     result = pspnet("convert", "mmseg", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "m.keras"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"pspnet: error: {tmp_path / 'missing.pth'}: checkpoint not found."]
+    assert result.stderr.strip().splitlines() == [f"pspnet: error: {tmp_path / 'missing.pth'}: checkpoint not found"]
 
 
 def test_foreign_and_broken_models_are_one_line_errors(tmp_path):

@@ -4,6 +4,7 @@
 import re
 
 import keras
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from keras_pspnet.model import uses_align_corners
 from tests.checkpoints import (
     CONFIG_0X_R18,
     CONFIG_1X_R18_769,
+    CONFIG_2020_R18_769,
     config_text,
     mmseg_checkpoint,
     reference_logits,
@@ -205,3 +207,58 @@ def test_command_line_conversion(tmp_path, rng, capsys):
     _, semseg = semseg_checkpoint(tmp_path / "s.pth", 21)
     assert main(["convert", "semseg", semseg, "--out", str(tmp_path / "s.keras"), "--no-aux"]) == 0
     assert "21 classes (background, aeroplane, bicycle, bird, ...), no auxiliary head" in capsys.readouterr().out
+
+
+def restated(text: str, mean, std, swap: str | None = None) -> str:
+    """A stored config with other normalisation statistics (every mean/std list), and a channel-order flag
+    swapped (e.g. "to_rgb=True" -> "to_rgb=False")."""
+    text = re.sub(r"mean=\[[^\]]*\]", f"mean={list(mean)}", text)
+    text = re.sub(r"std=\[[^\]]*\]", f"std={list(std)}", text)
+    return text.replace(swap, swap.replace("True", "False")) if swap else text
+
+
+@pytest.mark.parametrize("layout,swap", [(CONFIG_2020_R18_769, "to_rgb=True"), (CONFIG_2020_R18_769, None),
+                                         (CONFIG_1X_R18_769, "bgr_to_rgb=True"), (CONFIG_1X_R18_769, None)])
+def test_stored_protocol_and_normalisation_of_every_layout(tmp_path, rng, layout, swap):
+    """The 2020 checkpoints keep test_cfg and img_norm_cfg at the top level; 1.x a data_preprocessor. Their
+    statistics and channel order are what the network saw: the converted model takes RGB and gives its logits."""
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)  # not ImageNet's: 8% off when ignored
+    text = restated(config_text(layout), mean, std, swap)
+    reference, path = mmseg_checkpoint(tmp_path / "m.pth", 19, depth=18, align_corners=True, meta={"config": text})
+    model = from_mmseg(path)
+    assert model_metadata(model)["protocol"] == {"style": "mmseg", "resize": [2049, 1025], "mode": "slide",
+                                                 "crop": [769, 769], "stride": [513, 513], "scales": [1.0],
+                                                 "flip": False}
+    pixels = rng.uniform(0, 255, (1, 65, 97, 3)).astype("float32")
+    expected = reference_logits(reference, pixels, mean, std, bgr=swap is not None)
+    assert relative_error(model.predict(pixels, verbose=0)["logits"], expected[0]) < 1e-4
+    stored = np.asarray(model.get_layer("normalize").mean).ravel().tolist()
+    assert stored == pytest.approx(mean[::-1] if swap else mean)  # RGB order inside the model
+
+
+def test_hostile_stored_configs_and_class_names_end_in_one_line(tmp_path, capsys):
+    text = config_text(CONFIG_0X_R18)
+    cases = {
+        "bins.pth": ({"config": re.sub(r"pool_scales=\([^)]*\)", "pool_scales=(1, 2, 'x')", text)},
+                     "its stored config cannot be used .* holds values outside 1-64"),
+        "huge_bins.pth": ({"config": re.sub(r"pool_scales=\([^)]*\)", "pool_scales=(1000000000,)", text)},
+                          "its stored config cannot be used"),
+        "expression.pth": ({"config": re.sub(r"pool_scales=\([^)]*\)", "pool_scales=(10**9,)", text)},
+                           "its stored config's model is not plain data .ValueError: malformed node"),
+        "strides.pth": ({"config": re.sub(r"strides=\([^)]*\)", "strides='abc'", text)},
+                        "'abc' is not 4 numbers"),
+        "resize.pth": ({"config": text.replace("2048,\n            1024,", "0,\n            0,")},
+                       "holds values outside 1-32768"),
+        "long.pth": ({"config": text + "#" * 2**20}, "its stored config has 1,0[0-9,]+ characters"),
+        "names.pth": ({"CLASSES": ["road\x1b[2J\x1b[31m", *"abcdefghijklmnopqr"]},
+                      r"class name 'road\\x1b\[2J\\x1b\[31m': expected a line of printable text"),
+        "palette.pth": ({"CLASSES": list("abcdefghijklmnopqrs"), "PALETTE": [[1, 2, 300]] * 19},
+                        r"colour \[1, 2, 300\] of 'a': expected 3 integers 0-255"),
+    }
+    for name, (meta, message) in cases.items():
+        _, path = mmseg_checkpoint(tmp_path / name, 19, depth=18, meta=meta)
+        with pytest.raises(ValueError, match=message):
+            from_mmseg(path)
+        assert main(["convert", "mmseg", path, "--out", str(tmp_path / "m.keras")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pspnet: error: {path}: ") and err.count("\n") == 1 and "\x1b" not in err, err

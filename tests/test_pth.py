@@ -1,5 +1,6 @@
 """Reading .pth files without torch: both file layouts, every dtype and view, and refusal of foreign objects."""
 
+import functools
 import json
 import os
 import pickle
@@ -113,10 +114,24 @@ def test_tensors_never_reach_past_their_storage():
     np.testing.assert_array_equal(_Tensor(storage, 2, (2, 3), (3, 1)).array("x"), np.arange(2, 8).reshape(2, 3))
     with pytest.raises(CheckpointError, match="reaches past the end of its storage"):
         _Tensor(storage, 5, (2, 3), (3, 1)).array("x")
-    with pytest.raises(CheckpointError, match="invalid strides"):
+    with pytest.raises(CheckpointError, match="a tensor index -1"):
         _Tensor(storage, 0, (2,), (-1,)).array("x")
     with pytest.raises(CheckpointError, match="larger than its storage"):  # a broadcast view: any memory it likes
         _Tensor(storage, 0, (10**6, 10**6), (0, 0)).array("x")
+    with pytest.raises(CheckpointError, match="reaches past the end"):  # huge strides: bounds in bytes, no overflow
+        _Tensor(storage, 0, (2, 2), (2**61, 1)).array("x")
+    assert _Tensor(storage, 0, (1, 2), (2**61, 1)).array("x").tolist() == [[0.0, 1.0]]  # a stride of one element
+    with pytest.raises(CheckpointError, match="a tensor index 4611686018427387904"):
+        _Tensor(storage, 0, (2,), (2**62,))
+    bytes_storage = _Storage(np.arange(12, dtype=np.uint8))  # torch >= 2: untyped storages read with a dtype
+    int32 = np.dtype(np.int32)
+    assert _Tensor(bytes_storage, 1, (2,), (1,), int32).array("x").tolist() == [0x07060504, 0x0B0A0908]
+    with pytest.raises(CheckpointError, match="reaches past the end"):  # 2 int32 from byte 8 need bytes 8-15
+        _Tensor(bytes_storage, 2, (2,), (1,), int32).array("x")
+    with pytest.raises(CheckpointError, match="a storage of 10 bytes read as int32"):
+        _Tensor(_Storage(np.arange(10, dtype=np.uint8)), 0, (2,), (1,), int32).array("x")
+    with pytest.raises(CheckpointError, match="a tensor's storage is a ndarray, not a storage"):
+        _Tensor(np.zeros((4, 4)), 0, (4,), (1,))
 
 
 def legacy_file(path, payload: bytes) -> str:
@@ -181,3 +196,90 @@ def test_checkpoints_of_mmengine_runners_read(tmp_path, monkeypatch):
     assert read["meta"]["dataset_meta"]["classes"] == ("a", "b") and int(read["meta"]["seed"]) == 3
     assert json.dumps(read["meta"]["dataset_meta"]["palette"]) == "[[1, 2, 3], [4, 5, 6]]"
     assert read["message_hub"]["log_scalars"]["train/loss"].max_length == 10
+
+
+def short_bytes(value: bytes) -> bytes:
+    return b"C" + bytes([len(value)]) + value  # SHORT_BINBYTES
+
+
+def dtype_(name: str) -> bytes:
+    return global_("numpy", "dtype") + text(name) + b"\x85R"
+
+
+def reconstruct(shape: int, dtype: bytes, data: bytes) -> bytes:
+    """numpy's own pickling of an array: _reconstruct(ndarray, (0,), b"b"), then BUILD with its state."""
+    return (global_("numpy.core.multiarray", "_reconstruct") + global_("numpy", "ndarray") + b"K\x00\x85"
+            + short_bytes(b"b") + b"\x87R" + b"(K\x01" + b"K" + bytes([shape]) + b"\x85" + dtype + b"\x89"
+            + short_bytes(data) + b"tb")
+
+
+@pytest.mark.parametrize("payload,message", [
+    # an object array over bytes of the file's choosing: numpy would read them as pointers (SIGSEGV)
+    (global_("numpy", "ndarray") + b"(K\x01\x85" + dtype_("O") + short_bytes(b"\x41" * 8) + b"tR",
+     "a numpy dtype O .only numbers, booleans and strings are read"),
+    (reconstruct(1, dtype_("O"), b"\x41" * 8), "a numpy dtype O"),
+    (global_("numpy", "ndarray") + b"(K\x01\x85" + dtype_("f8") + short_bytes(b"\x41" * 8) + b"tR",
+     "object is not callable"),  # ndarray(shape, dtype, buffer) itself is never called
+    (reconstruct(3, dtype_("f8"), b"\x41" * 8), r"a numpy array of shape \(3,\) float64 with 8 bytes"),
+    # a non-storage with 2-D `data` handed to the tensor rebuilder as its storage
+    (global_("torch._utils", "_rebuild_tensor_v2") + b"(" + global_("collections", "OrderedDict") + b")R}"
+     + text("data") + reconstruct(4, dtype_("f4"), b"\x00" * 16) + b"sbK\x00K\x04\x85K\x01\x85tR",
+     "a tensor's storage is a OrderedDict, not a storage"),
+    # BUILD setting a dunder of a container: its class, say
+    (global_("collections", "OrderedDict") + b")R}" + text("__class__") + b"Nsb", "refusing the state"),
+])
+def test_forged_numpy_and_tensor_pickles_are_refused(tmp_path, payload, message):
+    path = legacy_file(tmp_path / "forged.pth", b"\x80\x02" + payload + b".")
+    assert os.path.getsize(path) < 701  # a few hundred bytes, as the attacks were
+    with pytest.raises(CheckpointError, match=message) as error:
+        read_pth(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_arrays_in_meta_still_read_exactly(tmp_path):
+    """numpy data that mmengine writes (arrays of numbers and strings, scalars, both byte orders)."""
+    meta = {"a": np.arange(6, dtype=">i4").reshape(2, 3), "f": np.asfortranarray(np.eye(3)), "s": np.str_("road"),
+            "u": np.array(["a", "bc"]), "x": np.float32(1.5), "b": np.array([True, False])}
+    path = str(tmp_path / "m.pth")
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(1)}}, path)
+    read = read_pth(path)["meta"]
+    for key, value in meta.items():
+        assert np.asarray(read[key]).dtype == np.asarray(value).dtype and np.array_equal(read[key], value), key
+
+
+def test_one_storage_shared_by_many_tensors_is_held_once(tmp_path):
+    """torch keeps one storage for 250 references to a 4 MiB tensor; so do we (read-only views)."""
+    import tracemalloc
+
+    weight = torch.arange(2**20, dtype=torch.float32)
+    path = str(tmp_path / "shared.pth")
+    torch.save({f"w{i}": weight[i:] for i in range(250)}, path)
+    tracemalloc.start()
+    read = read_pth(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * 2**22, peak  # one storage (and the zip member read into it), not 250 copies (1 GB)
+    assert all(np.shares_memory(read["w0"], read[f"w{i}"]) for i in range(250))
+    assert read["w7"][0] == 7 and not read["w7"].flags.writeable
+
+
+def test_members_inflating_past_their_cap_are_not_read(tmp_path):
+    from keras_pspnet.convert.pth import MAX_PICKLE_BYTES
+
+    path = str(tmp_path / "bomb.pth")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02N." + bytes(MAX_PICKLE_BYTES))
+    assert os.path.getsize(path) < 2**20  # 64 MiB of zeros deflate to a small file
+    with pytest.raises(CheckpointError, match=r"archive/data.pkl inflates to 67,108,868 bytes, more than "):
+        read_pth(path)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: functools.reduce(lambda x, _: [x, x], range(100), [1]), "expands to more than 1,000,000 values"),
+    (lambda: (lambda cycle: cycle.append(cycle) or cycle)([]), "refers to itself"),
+])
+def test_pickles_of_shared_references_are_judged_without_walking_them(tmp_path, build, message):
+    """2**100 values in a few hundred bytes (each list twice in the next): anything that walks it never returns."""
+    path = legacy_file(tmp_path / "laughs.pth", pickle.dumps({"meta": build()}, protocol=2))
+    with pytest.raises(CheckpointError, match=message):
+        read_pth(path)

@@ -1,5 +1,6 @@
 """The zoo: download from a mirror on 127.0.0.1, verify, convert once, then offline; every bad download a one-liner."""
 
+import dataclasses
 import http.server
 import json
 import os
@@ -17,7 +18,7 @@ from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.protocol import mmseg_protocol
-from tests.checkpoints import CONFIG_0X_R18, DATA, config_text, reference_logits, serve, zoo_entry
+from tests.checkpoints import CONFIG_0X_R18, CONFIG_2020_R18_769, DATA, config_text, reference_logits, serve, sha256, zoo_entry
 from tests.conftest import relative_error
 
 NAME = "test_pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
@@ -41,8 +42,10 @@ def test_downloads_verifies_converts_once_then_works_offline(host, monkeypatch, 
         model = zoo.from_pretrained(NAME, cache_dir=cache)
     assert relative_error(model.predict(pixels, verbose=0), expected[0]) < 1e-4  # one output: no auxiliary head
     kept = sorted(os.listdir(os.path.join(cache, "keras_pspnet")))
-    assert kept == ["checkpoints", os.path.basename(zoo.converted_path(NAME, cache))]
-    assert os.listdir(os.path.join(cache, "keras_pspnet", "checkpoints")) == [entry.file_name]
+    converted = os.path.basename(zoo.converted_path(NAME, cache))
+    assert kept == ["checkpoints", converted, converted + ".sha256"]  # with the digest recorded when written
+    assert sorted(os.listdir(os.path.join(cache, "keras_pspnet", "checkpoints"))) == [entry.file_name,
+                                                                                      entry.file_name + ".sha256"]
     metadata = model_metadata(model)
     assert metadata["protocol"] == entry.protocol.to_dict()
     assert metadata["source"]["name"] == NAME and metadata["source"]["published_miou"] == 78.55
@@ -64,11 +67,24 @@ def test_the_checkpoints_own_config_wins_over_the_registry(tmp_path, monkeypatch
     monkeypatch.setenv(zoo.MIRROR_ENV, str(tmp_path / "host"))
     model = zoo.from_pretrained(NAME, cache_dir=str(tmp_path / "cache"))
     assert model_metadata(model)["protocol"]["resize"] == [2048, 1024]
-    assert "the registry says mmseg: keep-ratio resize to 96x64, whole image; keeping the checkpoint's" in \
+    assert "the registry says mmseg: keep-ratio resize to 96x64, whole image; using the checkpoint's" in \
         capsys.readouterr().err
     kept = os.listdir(os.path.join(tmp_path, "cache", "keras_pspnet")) + os.listdir(
         os.path.join(tmp_path, "cache", "keras_pspnet", "checkpoints"))
     assert not [name for name in kept if ".partial-" in name]  # only finished, checked files take their names
+
+
+def test_2020_checkpoints_agree_with_the_registry(tmp_path, monkeypatch, capsys):
+    """The 769x769 Cityscapes checkpoints of 2020 keep test_cfg at the top level: read, it is the registry's slide
+    protocol, and nothing is said."""
+    name = "pspnet_r18-d8_4xb2-80k_cityscapes-769x769"
+    _, entry = zoo_entry(tmp_path / "host", name, depth=18, align_corners=True, protocol=zoo.ZOO[name].protocol,
+                         options=zoo.ZOO[name].options, meta={"config": config_text(CONFIG_2020_R18_769)})
+    monkeypatch.setitem(zoo.ZOO, name, entry)
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(tmp_path / "host"))
+    model = zoo.from_pretrained(name, cache_dir=str(tmp_path / "cache"))
+    assert model_metadata(model)["protocol"] == zoo.CITYSCAPES_769.to_dict()
+    assert zoo.CITYSCAPES_769.mode == "slide" and "registry" not in capsys.readouterr().err
 
 
 def test_a_local_folder_serves_as_mirror(host, monkeypatch):
@@ -216,3 +232,65 @@ def test_from_pretrained_needs_no_torch(host, tmp_path, rng):
     assert result.returncode == 0, result.stderr[-3000:]
     assert relative_error(np.load(tmp_path / "logits.npy"), reference_logits(reference, pixels)[0]) < 1e-4
     assert os.path.exists(os.path.join(tmp_path, "home", "keras_pspnet", "checkpoints", entry.file_name))
+
+
+def test_plain_http_mirrors_are_refused_unless_on_this_machine(host, monkeypatch):
+    _, entry, _, cache = host
+    monkeypatch.setenv(zoo.MIRROR_ENV, "http://mirror.example.com/openmmlab/")
+    with pytest.raises(ValueError, match=r"KERAS_PSPNET_MIRROR=http://mirror.example.com/openmmlab/: only https:// "
+                                         "mirrors or local folders are used"):
+        zoo.from_pretrained(NAME, cache_dir=cache)
+    assert not os.path.exists(os.path.join(cache, "keras_pspnet", "checkpoints", entry.file_name))
+    monkeypatch.setenv(zoo.MIRROR_ENV, "https://mirror.example.com/openmmlab")
+    assert entry.url == "https://mirror.example.com/openmmlab/" + entry.path
+    monkeypatch.setenv(zoo.MIRROR_ENV, "http://localhost:8000")
+    assert entry.url.startswith("http://localhost:8000/pspnet/")
+
+
+def test_partial_files_of_killed_processes_are_cleared(host, monkeypatch):
+    """A download or conversion killed midway leaves its .partial- file; the next run removes those of dead
+    processes of this host and any untouched for a day, never a live writer's."""
+    import socket
+    import time
+
+    _, _, root, cache = host
+    folder = os.path.join(cache, "keras_pspnet", "checkpoints")
+    os.makedirs(folder)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, this_host = int(finished.stdout), socket.gethostname().replace("-", "_")[:32]
+    names = {"dead": f".a.partial-{this_host}-{dead_pid}-0123abcd.pth",
+             "live": f".b.partial-{this_host}-{os.getpid()}-0123abcd.pth",
+             "old": ".c.partial-otherhost-1-0123abcd.pth", "recent": ".d.partial-otherhost-1-4567abcd.pth"}
+    for name in names.values():
+        open(os.path.join(folder, name), "wb").close()
+    day_ago = time.time() - 25 * 3600
+    os.utime(os.path.join(folder, names["old"]), (day_ago, day_ago))
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(root))
+    zoo.from_pretrained(NAME, cache_dir=cache)
+    assert not [n for n in os.listdir(folder) if n in (names["dead"], names["old"])]
+    assert {names["live"], names["recent"]} <= set(os.listdir(folder))
+
+
+def test_cached_files_are_checked_against_their_recorded_digests(host, monkeypatch, rng, capsys):
+    reference, entry, root, cache = host
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(root))
+    zoo.from_pretrained(NAME, cache_dir=cache)
+    converted = zoo.converted_path(NAME, cache)
+    with open(converted, "r+b") as f:  # one flipped byte in the cached model
+        f.seek(os.path.getsize(converted) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 1]))
+    capsys.readouterr()
+    model = zoo.from_pretrained(NAME, cache_dir=cache)  # noticed, converted again from the verified checkpoint
+    assert "does not match the SHA-256 recorded when it was written" in capsys.readouterr().err
+    pixels = rng.uniform(0, 255, (1, 33, 41, 3)).astype("float32")
+    assert relative_error(model.predict(pixels, verbose=0), reference_logits(reference, pixels)[0]) < 1e-4
+    # a registry entry with the full digest: a file with the right 8-digit prefix but another digest is refused
+    forged = dataclasses.replace(entry, sha256=entry.sha256_prefix + "0" * 56)
+    monkeypatch.setitem(zoo.ZOO, NAME, forged)
+    os.remove(converted)
+    with pytest.raises(ValueError, match=r"does not match the full SHA-256 " + entry.sha256_prefix + "00000000"):
+        zoo.from_pretrained(NAME, cache_dir=cache)
+    monkeypatch.setitem(zoo.ZOO, NAME, dataclasses.replace(entry, sha256=sha256(os.path.join(str(root), entry.path))))
+    assert zoo.from_pretrained(NAME, cache_dir=cache).output.shape[-1] == 19  # downloaded anew, full digest checked

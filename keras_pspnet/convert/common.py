@@ -9,8 +9,9 @@ import keras
 import numpy as np
 
 from keras_pspnet.convert.pth import read_pth
-from keras_pspnet.data.classes import CLASS_SETS
+from keras_pspnet.data.classes import CLASS_SETS, checked_classes
 from keras_pspnet.data.info import DatasetInfo, default_colors
+from keras_pspnet.files import short_repr
 from keras_pspnet.protocol import REFERENCE_DATASETS
 
 # Keras weight order per layer kind, as PyTorch parameter names.
@@ -47,10 +48,10 @@ def checkpoint_classes(meta: Mapping, num_classes: int, path: str, spec=None) ->
         names = meta.get("CLASSES") or dataset_meta.get("classes")
         palette = meta.get("PALETTE") or dataset_meta.get("palette")
         if names:
-            colors = [tuple(int(c) for c in color) for color in palette] if palette else default_colors(len(names))
-            if len(colors) != len(names):
-                raise ValueError(f"{path}: its meta has {len(names)} class names but {len(colors)} palette colours.")
-            info = DatasetInfo("checkpoint", tuple(str(n).strip() for n in names), tuple(colors))
+            if palette is not None and (not isinstance(palette, (list, tuple)) or len(palette) != len(names)):
+                raise ValueError(f"{path}: its meta has {len(names)} class names but the palette "
+                                 f"{short_repr(palette)}.")
+            info = DatasetInfo("checkpoint", *checked_classes(names, palette or [None] * len(names), path))
         elif num_classes in REFERENCE_DATASETS:
             info = CLASS_SETS[REFERENCE_DATASETS[num_classes]]
         else:

@@ -23,8 +23,9 @@ from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.backbones.resnet import RESNET_DEPTHS
 from keras_pspnet.convert.common import assign_weights, check_heads, checkpoint_classes, read_checkpoint
 from keras_pspnet.data.classes import classes_metadata
+from keras_pspnet.files import printable, short_repr
 from keras_pspnet.model import build_pspnet
-from keras_pspnet.protocol import TestProtocol, mmseg_protocol
+from keras_pspnet.protocol import LARGEST_SIDE, TestProtocol, mmseg_protocol
 
 _RULES = (
     (r"backbone\.stem\.([0-9]+)", lambda m: f"stem_{int(m[1]) // 3 + 1}_{'conv' if int(m[1]) % 3 == 0 else 'bn'}"),
@@ -45,6 +46,7 @@ _MOBILENET_FIRST_BLOCK = [0, *itertools.accumulate(stage[2] for stage in MOBILEN
 # What mmsegmentation's PSPNet configs use when a checkpoint stores no config (dilations: as the stride implies).
 DEFAULTS = {"bins": (1, 2, 3, 6), "output_stride": 8, "contract_dilation": True, "align_corners": False,
             "dilations": None}
+MAX_BIN = 64  # pyramid bins of a stored config: (1, 2, 3, 6) in every published one
 
 
 def _mobilenet_layer(module: str) -> str | None:
@@ -129,41 +131,78 @@ def _literal(node: ast.AST):
     return ast.literal_eval(node)
 
 
-def stored_config(meta: Mapping) -> dict:
+MAX_CONFIG_CHARS = 2**20  # the config text mmsegmentation stores is ~10 kB
+
+
+def stored_config(meta: Mapping, path: str = "checkpoint") -> dict:
     """The top-level variables of the config text mmsegmentation keeps in a checkpoint's meta ({} if none)."""
     text = meta.get("config") or meta.get("cfg")
     if not isinstance(text, str):
         return {}
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ValueError(f"{path}: its stored config has {len(text):,} characters, more than a config has")
     try:
         tree = ast.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # not Python: the layout of a version we do not know
         return {}
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{path}: its stored config is nested too deeply to read") from None
     values = {}
     for statement in tree.body:
         if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0],
                                                                                            ast.Name):
+            name = statement.targets[0].id
             try:
-                values[statement.targets[0].id] = _literal(statement.value)
-            except (ValueError, TypeError, SyntaxError):
+                values[name] = _literal(statement.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
+                if name == "model":  # what the weights cannot tell comes from here: never guessed instead
+                    raise ValueError(f"{path}: its stored config's model is not plain data ({type(error).__name__}: "
+                                     f"{printable(str(error), 80)})") from None
                 continue  # expressions we do not need (lambdas, names of other variables)
     return values
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _numbers(value, count: int, low: float, high: float, integer: bool = True) -> tuple:
+    """`value` as `count` numbers in [low, high] (any count when `count` is 0), or ValueError."""
+    if not isinstance(value, (tuple, list)) or (count and len(value) != count) or not value:
+        raise ValueError(f"{short_repr(value)} is not {count or 'a list of'} numbers")
+    kinds = (int,) if integer else (int, float)
+    if not all(isinstance(v, kinds) and not isinstance(v, bool) and low <= v <= high for v in value):
+        raise ValueError(f"{short_repr(value)} holds values outside {low}-{high}")
+    return tuple(value)
+
+
 def config_hints(meta: Mapping, path: str) -> dict:
-    """What the stored config says of bins, output stride, contract_dilation, align_corners and the protocol."""
-    values = stored_config(meta)
+    """What the stored config says of bins, output stride, contract_dilation, align_corners, the normalisation
+    and the test protocol. Reads mmsegmentation 1.x and 0.x configs, those of 2020 (test_cfg and img_norm_cfg at
+    the top level) included; values outside what a PSPNet config holds are an error naming the file."""
+    values = stored_config(meta, path)
     model = values.get("model")
     if not isinstance(model, dict):
         return {}
-    head, backbone = model.get("decode_head") or {}, model.get("backbone") or {}
+    try:
+        return _hints(values, model, path)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(f"{path}: ") else
+                         f"{path}: its stored config cannot be used ({message})") from None
+
+
+def _hints(values: dict, model: dict, path: str) -> dict:
+    head, backbone = _dict(model.get("decode_head")), _dict(model.get("backbone"))
     if head.get("type", "PSPHead") != "PSPHead":
-        raise ValueError(f"{path}: the checkpoint's config describes a {head['type']} model, not PSPNet (PSPHead).")
-    hints = {"bins": tuple(head.get("pool_scales", DEFAULTS["bins"])),
+        raise ValueError(f"{path}: the checkpoint's config describes a {printable(head['type'], 40)} model, not "
+                         "PSPNet (PSPHead).")
+    hints = {"bins": _numbers(head.get("pool_scales", DEFAULTS["bins"]), 0, 1, MAX_BIN),
              "align_corners": bool(head.get("align_corners", False))}
     mobilenet = backbone.get("type") == "MobileNetV2"
     nominal = [stage[3] for stage in MOBILENET_V2_STAGES] if mobilenet else [1, 2, 2, 2]
-    strides = list(backbone.get("strides", nominal))
-    dilations = list(backbone.get("dilations", [1] * len(nominal)))
+    strides = list(_numbers(backbone.get("strides", nominal), len(nominal), 1, 2))
+    dilations = list(_numbers(backbone.get("dilations", [1] * len(nominal)), len(nominal), 1, 16))
     output_stride = (2 if mobilenet else 4) * math.prod(strides)
     plan = stride_plan(nominal, output_stride, 2 if mobilenet else 4)
     if strides != [stride for stride, _ in plan] or (mobilenet and dilations != [d for _, d in plan]):
@@ -173,25 +212,66 @@ def config_hints(meta: Mapping, path: str) -> dict:
     if not mobilenet:
         hints["contract_dilation"] = bool(backbone.get("contract_dilation", False))
         hints["dilations"] = tuple(dilations)  # "-d32" keeps (1, 1, 2, 4) with all its strides
+    normalization = _normalization(values, model)
+    if normalization:
+        hints["normalization"] = normalization
     protocol = _config_protocol(values, model)
     if protocol:
         hints["protocol"] = protocol
     return hints
 
 
+def _normalization(values: dict, model: dict) -> dict | None:
+    """{"mean", "std" (RGB order, pixels 0-255), "bgr": the network saw BGR} of the config, or None.
+
+    1.x: the SegDataPreProcessor (`data_preprocessor`, the model's or the top-level one; bgr_to_rgb). 0.x: the
+    Normalize step (`img_norm_cfg` at the top level, else in the test pipeline; to_rgb). Images are loaded as BGR
+    (cv2): without the conversion the network saw BGR, normalised by statistics in BGR order.
+    """
+    preprocessor = _dict(model.get("data_preprocessor")) or _dict(values.get("data_preprocessor"))
+    if "mean" in preprocessor:
+        config, to_rgb = preprocessor, bool(preprocessor.get("bgr_to_rgb") or preprocessor.get("rgb_to_bgr"))
+    else:
+        steps = [_dict(values.get("img_norm_cfg"))] + [
+            step for step in _pipeline_steps(values.get("test_pipeline")) if step.get("type") == "Normalize"]
+        config = next((step for step in steps if "mean" in step), None)
+        if config is None:
+            return None
+        to_rgb = bool(config.get("to_rgb", True))  # mmseg 0.x Normalize's default
+    mean = _numbers(config.get("mean"), 3, 0, 255, integer=False)
+    std = _numbers(config.get("std"), 3, 1e-6, 1e6, integer=False)
+    if not to_rgb:
+        mean, std = mean[::-1], std[::-1]
+    return {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std), "bgr": not to_rgb}
+
+
+def _pipeline_steps(pipeline) -> list[dict]:
+    """The steps of a pipeline, those nested in MultiScaleFlipAug / TestTimeAug included."""
+    steps = []
+    for step in pipeline if isinstance(pipeline, (list, tuple)) else []:
+        if isinstance(step, dict):
+            steps.append(step)
+            steps.extend(_pipeline_steps(step.get("transforms")))
+    return steps
+
+
 def _config_protocol(values: dict, model: dict) -> TestProtocol | None:
-    """The test protocol of the config: its keep-ratio Resize scale and test_cfg (whole or slide)."""
+    """The test protocol of the config: its keep-ratio Resize scale and test_cfg (whole or slide; the model's,
+    else the top-level test_cfg of 2020's configs, where 1.x keeps its TestLoop instead)."""
     scale = None
     for step in values.get("test_pipeline") or []:
         if isinstance(step, dict) and step.get("type") == "Resize" and step.get("keep_ratio") and step.get("scale"):
             scale = step["scale"]  # mmsegmentation 1.x
         elif isinstance(step, dict) and step.get("type") == "MultiScaleFlipAug" and step.get("img_scale"):
             scale = step["img_scale"]  # 0.x
-    if not (isinstance(scale, (tuple, list)) and len(scale) == 2):
+    if scale is None:
         return None
-    test_cfg = model.get("test_cfg") or {}
+    scale = _numbers(scale, 2, 1, LARGEST_SIDE)
+    test_cfg = next((cfg for cfg in (_dict(model.get("test_cfg")), _dict(values.get("test_cfg"))) if "mode" in cfg),
+                    {})
     if test_cfg.get("mode") == "slide":
-        return mmseg_protocol(scale, test_cfg.get("crop_size"), test_cfg.get("stride"))
+        return mmseg_protocol(scale, _numbers(test_cfg.get("crop_size"), 2, 1, LARGEST_SIDE),
+                              _numbers(test_cfg.get("stride"), 2, 1, LARGEST_SIDE))
     return mmseg_protocol(scale)
 
 
@@ -218,7 +298,10 @@ def from_mmseg(
     that contradicts the stored config is an error. "-d32" configs keep dilations (1, 1, 2, 4) beside their
     strides: `dilations`, also read from the stored config. The model's metadata holds the class names and colours
     (`classes`: a name of `keras_pspnet.data.classes.CLASS_SETS`; default the checkpoint's own, else the
-    reference dataset with that many classes) and the config's test protocol when stored.
+    reference dataset with that many classes) and the config's test protocol when stored. The stored config's
+    normalisation (mean, std, BGR or RGB; ImageNet's without a config) is built into the model, which always takes
+    RGB pixels 0-255. Both config layouts are read: 1.x and 0.x, those of 2020 with test_cfg and img_norm_cfg at
+    the top level included.
 
     Args:
         path: the checkpoint file.
@@ -235,6 +318,14 @@ def from_mmseg(
              "dilations": tuple(dilations) if dilations is not None else None}
     clashes = [f"{key}={value!r} (its config says {hints[key]!r})" for key, value in given.items()
                if value is not None and key in hints and value != hints[key]]
+    normalization = hints.get("normalization")
+    if normalization:
+        clashes += [f"{key}={tuple(build_kwargs[key])!r} (its config says {normalization[key]!r})"
+                    for key in ("mean", "std") if build_kwargs.get(key) is not None
+                    and not np.allclose(build_kwargs[key], normalization[key])]
+        build_kwargs = {**build_kwargs, "mean": normalization["mean"], "std": normalization["std"]}
+        if normalization["bgr"]:  # trained on BGR: the first conv takes our RGB with its input channels reversed
+            state = _first_conv_reversed(state, path)
     if clashes:
         raise ValueError(f"{path}: {', '.join(clashes)} contradicts the config stored in the checkpoint; omit the "
                          "argument to use the config's value.")
@@ -254,3 +345,13 @@ def from_mmseg(
     model = build_pspnet(**config, **options, metadata=metadata, **build_kwargs)
     assign_weights(model, state, lambda module: layer_name(module, options["bins"]), path)
     return model
+
+
+def _first_conv_reversed(state: dict, path: str) -> dict:
+    """The state dict with the input channels of the backbone's first conv (the one conv taking 3 channels)
+    reversed: BGR weights for RGB input."""
+    first = [key for key, value in state.items() if key.startswith("backbone.") and key.endswith(".weight")
+             and value.ndim == 4 and value.shape[1] == 3]
+    if len(first) != 1:
+        raise ValueError(f"{path}: its config says BGR input, but no single first conv takes 3 channels")
+    return {**state, first[0]: np.ascontiguousarray(state[first[0]][:, ::-1])}

@@ -9,6 +9,7 @@ import json
 import os
 
 from keras_pspnet.data.info import AugmentConfig, DatasetInfo, default_colors
+from keras_pspnet.files import read_text, short_repr
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -87,24 +88,53 @@ CLASS_SETS = {
 CLASSES_FILE = "classes.json"  # beside models of keras-pspnet 0.1 (newer models carry their classes)
 
 
+MAX_CLASSES = 4096
+MAX_NAME_CHARS = 200
+
+
+def checked_classes(names, colors, where: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """(names, colours) as a dataset or model holds them, from a file's values, checked: a name is a short line of
+    printable text (no escape codes that would recolour a terminal), a colour 3 integers 0-255 or None (then the
+    PASCAL VOC colour of its index). A one-line ValueError naming `where` otherwise."""
+    if not isinstance(names, (list, tuple)) or not 0 < len(names) <= MAX_CLASSES:
+        raise ValueError(f"{where}: class names {short_repr(names)}: expected a list of 1-{MAX_CLASSES} names")
+    for name in names:
+        if not isinstance(name, str) or not 0 < len(name.strip()) <= MAX_NAME_CHARS or not name.isprintable():
+            raise ValueError(f"{where}: class name {short_repr(name)}: expected a line of printable text of at most "
+                             f"{MAX_NAME_CHARS} characters")
+    fallback, checked = default_colors(len(names)), []
+    for index, color in enumerate(colors):
+        if color is None:
+            checked.append(fallback[index])
+            continue
+        values = list(color) if isinstance(color, (list, tuple)) or hasattr(color, "tolist") else []
+        values = [v.item() if hasattr(v, "item") else v for v in values]  # numpy integers
+        if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                                       for v in values):
+            raise ValueError(f"{where}: colour {short_repr(color)} of {names[index]!r}: expected 3 integers 0-255")
+        checked.append(tuple(values))
+    return tuple(name.strip() for name in names), tuple(checked)
+
+
 def read_classes(root: str, filename: str = "classes.json",
                  ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]] | None:
     """(names, colours) from ROOT/classes.json, None when there is none; colours default to the VOC map."""
     path = os.path.join(root, filename)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
-            entries = json.load(f)
+        entries = json.loads(read_text(path, "classes file"))
         entries = entries["classes"] if isinstance(entries, dict) else entries
-        names = tuple(e if isinstance(e, str) else e["name"] for e in entries)
-        colors = [None if isinstance(e, str) else tuple(int(c) for c in e["color"]) for e in entries]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: cannot read class names and colours ({error})") from None
-    if not names:
-        raise ValueError(f"{path}: no classes")
-    fallback = default_colors(len(names))
-    return names, tuple(c or fallback[i] for i, c in enumerate(colors))
+        if not isinstance(entries, list):
+            raise TypeError(f"a list of classes, not {type(entries).__name__}")
+        names = [e if isinstance(e, str) else e["name"] for e in entries]
+        colors = [None if isinstance(e, str) else e.get("color") for e in entries]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(path):
+            raise
+        raise ValueError(f"{path}: cannot read class names and colours ({type(error).__name__}: "
+                         f"{str(error)[:200]})") from None
+    return checked_classes(names, colors, path)
 
 
 def classes_metadata(info: DatasetInfo) -> list[dict]:
@@ -122,7 +152,14 @@ def resolve_classes(spec: str | None, num_classes: int, model_path: str | None =
     """
     if spec is None and (metadata or {}).get("classes"):
         classes = metadata["classes"]
-        return DatasetInfo("model", tuple(c["name"] for c in classes), tuple(tuple(c["color"]) for c in classes))
+        where = f"{model_path or 'the model'} (its metadata)"
+        if not isinstance(classes, list) or not all(isinstance(c, dict) and "name" in c for c in classes):
+            raise ValueError(f"{where}: classes {short_repr(classes)}: expected [{{'name', 'color'}}, ...]")
+        info = DatasetInfo("model", *checked_classes([c["name"] for c in classes], [c.get("color") for c in classes],
+                                                     where))
+        if info.num_classes != num_classes:
+            raise ValueError(f"{where}: {info.num_classes} class names, the model predicts {num_classes} classes")
+        return info
     if spec is None and model_path:
         folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
         candidate = os.path.join(folder, CLASSES_FILE)
