@@ -15,13 +15,15 @@ from keras_pspnet.protocol import TestProtocol, own_protocol
 
 
 def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestProtocol | None = None, *,
-             progress: bool = True, max_side: int = MAX_SIDE, window_batch: int | None = None) -> dict:
+             progress: bool = True, max_side: int = MAX_SIDE, window_batch: int | None = None,
+             absent_classes: str | None = None) -> dict:
     """Scores of `model` on every (image, mask) pair of `source`, predicted at the label's resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor (`keras_pspnet.predictors`: a
     SavedModel or .tflite). `protocol`: how each image is run (default: the model's own, else the whole
     image at its size; see `keras_pspnet.inference.predict_scores`, which also explains `max_side` and
-    `window_batch`).
+    `window_batch`). `absent_classes`: how the means count classes absent from the split (see
+    `keras_pspnet.metrics.scores`); default the protocol's reference's way (`TestProtocol.absent_classes`).
     Returns `keras_pspnet.metrics.scores` plus "confusion" (list of lists, [true, predicted]) and "images".
     """
     predictor = as_predictor(model)
@@ -44,4 +46,5 @@ def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestPr
     if not images:
         raise ValueError(f"{info.name}: the evaluation split is empty.")
     confusion = np.asarray(metric.total_cm).astype(np.int64)
-    return {**scores(confusion, info.class_names), "confusion": confusion.tolist(), "images": images}
+    return {**scores(confusion, info.class_names, absent_classes or protocol.absent_classes),
+            "confusion": confusion.tolist(), "images": images}

@@ -16,7 +16,14 @@ from keras_pspnet import __version__, tflite
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.layers.resize import resize_bilinear
-from keras_pspnet.model import inference_model, low_resolution_logits, model_mean, model_metadata, uses_align_corners
+from keras_pspnet.model import (
+    inference_model,
+    low_resolution_logits,
+    model_input,
+    model_mean,
+    model_metadata,
+    uses_align_corners,
+)
 from keras_pspnet.predictors import METADATA_FILE
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
@@ -46,7 +53,7 @@ def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
 
 
 def _logits(model, images):
-    return model(tf.cast(images, model.input.dtype), training=False)  # training=False: BN uses moving stats
+    return model(model_input(images, model.input.dtype), training=False)  # training=False: BN uses moving stats
 
 
 def _outputs(model, images, probabilities: bool) -> dict:
@@ -225,7 +232,17 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
     top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
     crop = image[max(top, 0) : max(top, 0) + height, max(left, 0) : max(left, 0) + width]
     window[max(-top, 0) : max(-top, 0) + crop.shape[0], max(-left, 0) : max(-left, 0) + crop.shape[1]] = crop
-    return window.round().clip(0, 255).astype(np.uint8)
+    return keras.ops.convert_to_numpy(model_input(window, "uint8"))
+
+
+def _float_input(model: keras.Model) -> keras.Model:
+    """`model` taking float32 pixels: itself, or the twin of a model built with input_dtype="uint8" (same weights).
+    The int8 converter quantizes a float input into the uint8 it takes; a uint8 input's casts would stay float."""
+    if model.input.dtype == "float32":
+        return model
+    twin = keras.models.clone_model(model, input_tensors=keras.Input(model.input.shape[1:], name="image"))
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int],
@@ -242,13 +259,17 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
       their softmax its probabilities, which MediaPipe's ImageSegmenter computes (the metadata says "softmax").
     - "class_map": [1, height, width] uint8 class indices, for apps that post-process themselves (<= 256 classes).
     The metadata holds the class names (MediaPipe's `labels`) and our metadata JSON (`tflite.populate`).
-    quantize: "none" (fp32), "fp16" (weights) or "int8" (full integer: weights and activations, calibrated on
-    `calibration`: at least MIN_CALIBRATION_IMAGES uint8 images [height, width, 3] of any size, each turned into
-    the window the model sees by `calibration_window`). An auxiliary head is dropped (`inference_model`).
+    quantize: "none" (fp32), "fp16" (weights) or "int8" (full integer end to end: the uint8 pixels as they are in
+    (scale 1, zero point 0), int8 weights and activations, the uint8 output; no float tensor, so NNAPI, Edge TPU
+    and Hexagon delegates can take the whole graph), calibrated on `calibration`: at least MIN_CALIBRATION_IMAGES
+    uint8 images [height, width, 3] of any size, each turned into the window the model sees by
+    `calibration_window`. An auxiliary head is dropped (`inference_model`).
     """
     model = inference_model(model)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
+    if quantize == "int8":
+        model = _float_input(model)
     if outputs not in tflite.LAYOUTS:
         raise ValueError(f"outputs must be one of {list(tflite.LAYOUTS)}, got {outputs!r}.")
     classes = int(model.output.shape[-1])
@@ -276,6 +297,9 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
                              f"to set its activation ranges; the calibration data gave {len(images)}")
     archive = _archive()
     align_corners = uses_align_corners(model)
+    # int8: a float input the converter quantizes itself (inference_input_type uint8), so that no float tensor
+    # is left for NNAPI, Edge TPU or Hexagon delegates to fall back on; fp32 and fp16: a uint8 input cast inside.
+    input_type = tf.float32 if quantize == "int8" else tf.uint8
 
     def serve(images):
         if outputs == "class_map":
@@ -284,11 +308,11 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         # a shift per pixel, which softmax and argmax ignore. The other order would hold two full-resolution
         # tensors (the resize's, the softmax's); softmax before a resize of probabilities changes the argmax
         # (98.7% of pixels agreed with the Keras model on our test scenes).
-        logits = tf.cast(classifier(tf.cast(images, model.input.dtype), training=False), tf.float32)
+        logits = tf.cast(classifier(model_input(images, model.input.dtype), training=False), tf.float32)
         return {"scores": resize_bilinear(tf.nn.log_softmax(logits), (height, width), align_corners)}
 
     archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
+                         input_signature=[tf.TensorSpec([1, height, width, 3], input_type, name="images")])
     with tempfile.TemporaryDirectory() as staging:
         archive.write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging)
@@ -298,14 +322,16 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
             converter.target_spec.supported_types = [tf.float16]
         elif quantize == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([image] for image in images)
+            converter.representative_dataset = lambda: ([image.astype(np.float32)] for image in images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_output_type = tf.uint8
+            converter.inference_input_type = converter.inference_output_type = tf.uint8
         content = converter.convert()
-    tree = tflite.model_tree(content)  # decoded once for the rewrite, the output's spec and the metadata
-    if quantize == "int8" and outputs == "scores":
+    tree = tflite.model_tree(content)  # decoded once for the rewrites, the output's spec and the metadata
+    if quantize == "int8":
         try:
-            tflite.quantize_before_upsampling(tree)
+            tflite.pixels_in(tree)
+            if outputs == "scores":
+                tflite.quantize_before_upsampling(tree)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     meta = metadata(model, info, input_size=[height, width], input_dtype="uint8", quantization=quantize,

@@ -133,7 +133,7 @@ def build_pspnet(
     features = backbone_features(
         backbone, x, output_stride=output_stride, sync_batchnorm=sync_batchnorm, **backbone_kwargs
     )
-    norm = batch_norm_factory(1e-5, BN_MOMENTUM, sync_batchnorm)
+    norm = batch_norm_factory(1e-5, sync_batchnorm)
     final = features["final"]
     pooled = pyramid_pooling(final, bins, pool_channels or final.shape[-1] // 4, norm, align_corners)
     logits = segmentation_head(pooled, image, num_classes, head_channels, dropout, norm, "head", align_corners,
@@ -156,6 +156,15 @@ def load_model(path: str) -> keras.Model:
         return keras.saving.load_model(path)
     except (ValueError, OSError) as error:
         raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
+
+
+def model_input(images, dtype="float32"):
+    """Pixels 0-255 (any float or integer array) as a model input of `dtype`: for "uint8" rounded and saturated,
+    where a plain cast would truncate 123.7 to 123 and wrap 300 to 44. The one conversion predictors, exports and
+    int8 calibration use."""
+    if str(dtype) != "uint8":
+        return keras.ops.cast(images, dtype)
+    return keras.ops.cast(keras.ops.clip(keras.ops.round(keras.ops.cast(images, "float32")), 0, 255), "uint8")
 
 
 def inference_model(model: keras.Model) -> keras.Model:

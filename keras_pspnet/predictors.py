@@ -13,7 +13,7 @@ import os
 import keras
 import numpy as np
 
-from keras_pspnet.model import inference_model, model_mean, model_metadata, uses_align_corners
+from keras_pspnet.model import inference_model, model_input, model_mean, model_metadata, uses_align_corners
 
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 
@@ -29,7 +29,7 @@ class KerasPredictor:
         self.metadata = model_metadata(self.model)
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(images))
+        return np.asarray(self.model.predict_on_batch(model_input(images, self.model.input.dtype)))
 
 
 class _ExportedPredictor:
@@ -113,7 +113,7 @@ class TFLitePredictor(_ExportedPredictor):
         if tuple(images.shape[1:3]) != self.input_size:
             raise ValueError(f"{self.path}: takes {self.input_size[0]}x{self.input_size[1]} images, got "
                              f"{images.shape[1]}x{images.shape[2]} (use --mode slide, or export with --input-size)")
-        pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
+        pixels = keras.ops.convert_to_numpy(model_input(images, "uint8"))
         values = np.concatenate([self.runner(images=image[None])[self.output] for image in pixels])
         if self.output == "class_map":
             return np.eye(self.num_classes, dtype=np.float32)[values]

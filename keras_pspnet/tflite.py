@@ -162,6 +162,28 @@ def quantize_before_upsampling(tree) -> None:
     order.insert(order.index(resize), quantize)
 
 
+def pixels_in(tree) -> None:
+    """Makes a full-integer model's (`model_tree`) uint8 input the pixels as they are: scale 1, zero point 0.
+
+    The converter derives the input's quantization from the calibration images' range, which for photos that
+    miss pure black or white is a little narrower than 0-255: uint8 pixels would then be read slightly off. The
+    input feeds QUANTIZE ops only (uint8 -> the int8 the graph runs in), which requantize from whatever the
+    input's parameters say, so stating the true ones is exact. Raises ValueError for a graph not built so.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    graph, codes = tree.subgraphs[0], [max(c.builtinCode, c.deprecatedBuiltinCode) for c in tree.operatorCodes]
+    source = int(graph.inputs[0])
+    tensor = graph.tensors[source]
+    consumers = [op for op in graph.operators if source in op.inputs]
+    if tensor.type != schema.TensorType.UINT8 or not consumers or any(
+            codes[op.opcodeIndex] != schema.BuiltinOperator.QUANTIZE for op in consumers):
+        raise ValueError("int8: the converted model's input is not uint8 read by QUANTIZE ops only; this "
+                         "TensorFlow's converter is not supported for it")
+    tensor.quantization.scale = np.array([1.0], np.float32)
+    tensor.quantization.zeroPoint = np.array([0], np.int64)
+
+
 def output_spec(tree, layout: str) -> dict:
     """dtype, shape, (for integer outputs) quantization and meaning of a one-output model's (`model_tree`) output
     of `layout`."""

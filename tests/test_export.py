@@ -144,6 +144,27 @@ def test_corner_aligned_models_export(tmp_path, rng):
     assert json.load(open(str(tmp_path / "m.json")))["align_corners"] is True
 
 
+def test_uint8_models_round_and_saturate_float_pixels(tmp_path, rng):
+    """A model built with input_dtype="uint8" fed float pixels (the predictors' and the logits signature's type):
+    rounded and saturated, as the pixel it stands for, never truncated (123.675 -> 123) or wrapped (300 -> 44)."""
+    from keras_pspnet.predictors import KerasPredictor, SavedModelPredictor
+
+    model = build_pspnet(3, "resnet18", base_width=4, head_channels=8, input_dtype="uint8")
+    randomize_batchnorm(model)
+    pixels = rng.uniform(-30, 290, (1, 33, 41, 3)).astype(np.float32)
+    pixels[0, 0, :3] = [[123.675, 116.28, 103.53], [0.5, 1.5, 254.5], [255.4, -0.4, 300.0]]
+    expected = model.predict(np.clip(np.round(pixels), 0, 255).astype(np.uint8), verbose=0)
+    np.testing.assert_allclose(KerasPredictor(model).predict_on_batch(pixels), expected, rtol=1e-6, atol=1e-6)
+    path = export_saved_model(model, str(tmp_path / "sm"), _classes(3), warmup_sizes=[])
+    np.testing.assert_allclose(SavedModelPredictor(path).predict_on_batch(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+def _classes(count):
+    from keras_pspnet.data.info import DatasetInfo, default_colors
+
+    return DatasetInfo("t", tuple(f"c{i}" for i in range(count)), default_colors(count))
+
+
 def test_calibration_windows_keep_the_aspect_ratio_and_pad_with_the_mean():
     from keras_pspnet.export import calibration_window
     from keras_pspnet.protocol import TestProtocol

@@ -62,6 +62,48 @@ def test_scores_skip_absent_classes_and_ignore_label(rng):
     assert "mIoU" in format_table(result) and "   -" in format_table(result)
 
 
+def semseg_test_scores(labels, predictions, num_classes):
+    """hszhao/semseg tool/test.py's cal_acc: intersectionAndUnion per class, then IoU and accuracy with 1e-10 in
+    the denominators, plain means over all classes."""
+    keep = labels != 255
+    labels, predictions = labels[keep], predictions[keep]
+    intersection = np.bincount(labels[labels == predictions], minlength=num_classes).astype(float)
+    area_label = np.bincount(labels, minlength=num_classes).astype(float)
+    area_prediction = np.bincount(predictions, minlength=num_classes).astype(float)
+    union = area_label + area_prediction - intersection
+    return np.mean(intersection / (union + 1e-10)), np.mean(intersection / (area_label + 1e-10))
+
+
+def test_the_authors_mean_counts_absent_classes_as_zero(rng):
+    labels = rng.integers(0, 3, 500)
+    labels[:50] = 255
+    predictions = np.where(rng.uniform(size=500) < 0.7, labels, rng.integers(0, 3, 500)) % 3
+    predictions[60:70] = 4  # class 4 predicted, never labelled; class 3 neither
+    keep = labels != 255
+    confusion = np.zeros((5, 5), np.int64)
+    np.add.at(confusion, (labels[keep], predictions[keep]), 1)
+    authors = scores(confusion, list("abcde"), "zero")
+    miou, mean_acc = semseg_test_scores(labels, predictions, 5)
+    assert authors["mIoU"] == pytest.approx(miou, abs=1e-9) and authors["mean_accuracy"] == pytest.approx(mean_acc)
+    skipped = scores(confusion, list("abcde"))  # mmsegmentation: class 3 (absent) left out, class 4 counts 0
+    assert skipped["mIoU"] == pytest.approx(authors["mIoU"] * 5 / 4)
+    assert "the means count them as 0, as the PSPNet authors' evaluation" in format_table(authors)
+    assert TestProtocol("semseg", 512, "slide", (8, 8)).absent_classes == "zero"
+    assert TestProtocol().absent_classes == TestProtocol("mmseg", (64, 32)).absent_classes == "skip"
+
+
+def test_evaluate_counts_absent_classes_as_its_protocol_reference():
+    source = context_source("validation", num_scenes=2, size=64)
+    info = DatasetInfo("context", ("water", "road", "boat", "car", "absent"), ((0, 0, 0),) * 5)
+    model = pointwise_model(5)
+    native, authors = (evaluate(model, source, info, protocol, progress=False)
+                       for protocol in (TestProtocol(), TestProtocol("semseg", 64, "slide", (48, 48))))
+    assert native["absent_classes"] == "skip" and authors["absent_classes"] == "zero"
+    confusion = np.asarray(authors["confusion"])
+    assert authors["mIoU"] == pytest.approx(scores(confusion, absent_classes="zero")["mIoU"])
+    assert authors["per_class_iou"]["absent"] is None and authors["mIoU"] < scores(confusion)["mIoU"]
+
+
 @pytest.mark.parametrize("mode,crop,scales,flip", [("slide", (32, 24), (1.0,), False),
                                                    ("slide", (64, 64), (1.0,), True),
                                                    ("whole", None, (1.0,), True)])

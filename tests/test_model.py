@@ -103,6 +103,22 @@ def test_presets_build_named_configurations():
                               "pspnet_resnet50_v1b", "pspnet_resnet50_v1c"]
     model = from_preset("pspnet_mobilenet_v2", 4, alpha=0.35)
     assert model.get_layer("head_conv").filters == 256 and model.output.shape[-1] == 4
+
+
+@pytest.mark.parametrize("preset,widths", [("pspnet_mobilenet_v2", {"alpha": 0.35}),
+                                           ("pspnet_mobilenet_v2_mmseg", {"alpha": 0.35}),
+                                           ("pspnet_resnet18_v1c", {"base_width": 4}),
+                                           ("pspnet_resnet50", {"base_width": 4})])
+def test_one_batchnorm_momentum_however_the_model_is_built(preset, widths):
+    """PyTorch's momentum (0.9 in Keras' terms) in every architecture, built from a preset, rebuilt for training
+    (init_from, sync batch norm) or re-headed."""
+    from keras_pspnet.finetune import retarget
+    from keras_pspnet.model import rebuild
+
+    model = from_preset(preset, 3, aux_head=True, head_channels=8, aux_channels=4, **widths)
+    for built in (model, rebuild(model, sync_batchnorm=True), retarget(model, 5, aux_head=False)):
+        momenta = {layer.momentum for layer in built.layers if isinstance(layer, keras.layers.BatchNormalization)}
+        assert momenta == {0.9}, (preset, momenta)
     with pytest.raises(ValueError, match="valid presets: \\['pspnet_mobilenet_v2'"):
         from_preset("pspnet_resnet51", 4)
 

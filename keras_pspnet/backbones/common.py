@@ -29,14 +29,15 @@ def stride_plan(strides: Sequence[int], output_stride: int, initial_stride: int)
     return plan
 
 
-# Running statistics move as in PyTorch's BatchNorm2d (momentum 0.1 there is 0.9 here: Keras weighs the old value).
+# Running statistics move as in PyTorch's BatchNorm2d (momentum 0.1 there is 0.9 here: Keras weighs the old value),
+# in every architecture (keras.applications' MobileNetV2 uses 0.999) and however a model is built or rebuilt.
 BN_MOMENTUM = 0.9
 
 
-def batch_norm_factory(epsilon: float, momentum: float, synchronized: bool):
+def batch_norm_factory(epsilon: float, synchronized: bool):
     """A BatchNormalization constructor with the backbone's settings bound (names still per layer)."""
     return functools.partial(
-        layers.BatchNormalization, epsilon=epsilon, momentum=momentum, synchronized=synchronized
+        layers.BatchNormalization, epsilon=epsilon, momentum=BN_MOMENTUM, synchronized=synchronized
     )
 
 

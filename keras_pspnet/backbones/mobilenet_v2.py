@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from keras_pspnet.backbones.common import BN_MOMENTUM, batch_norm_factory, conv, stride_plan
+from keras_pspnet.backbones.common import batch_norm_factory, conv, stride_plan
 
 # (expansion, filters, blocks, stride) per stage, as in keras.applications.MobileNetV2.
 MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -67,7 +67,7 @@ def mobilenet_v2_features(x, alpha: float = 1.0, *, output_stride: int = 8, styl
     if style not in MOBILENET_V2_STYLES:
         raise ValueError(f"Unknown MobileNetV2 style {style!r}; valid styles: {list(MOBILENET_V2_STYLES)}.")
     pytorch = style == "pytorch"
-    norm = batch_norm_factory(1e-5 if pytorch else 1e-3, BN_MOMENTUM if pytorch else 0.999, sync_batchnorm)
+    norm = batch_norm_factory(1e-5 if pytorch else 1e-3, sync_batchnorm)
     if pytorch:
         x = conv(x, make_divisible(32 * alpha), 3, stride=2, use_bias=False, name="Conv1")
     else:

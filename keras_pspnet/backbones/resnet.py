@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from keras import layers
 
-from keras_pspnet.backbones.common import BN_MOMENTUM, batch_norm_factory, conv, stride_plan
+from keras_pspnet.backbones.common import batch_norm_factory, conv, stride_plan
 
 # depth -> (blocks per stage, bottleneck?)
 RESNET_DEPTHS = {
@@ -120,7 +120,7 @@ def resnet_features(
         raise ValueError(f"A deep stem has three convolutions; got stem_widths={tuple(stem_widths)}.")
     blocks, bottleneck = RESNET_DEPTHS[depth]
     epsilon = 1.001e-5 if style == "keras" else 1e-5
-    norm = batch_norm_factory(epsilon, BN_MOMENTUM, sync_batchnorm)
+    norm = batch_norm_factory(epsilon, sync_batchnorm)
 
     x = _stem(x, stem, stem_widths, style, norm)
     features = {}
