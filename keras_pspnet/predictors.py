@@ -13,16 +13,30 @@ import os
 import keras
 import numpy as np
 
-from keras_pspnet.model import inference_model, model_input, model_mean, model_metadata, uses_align_corners
+from keras_pspnet.model import (
+    inference_model,
+    model_input,
+    model_mean,
+    model_metadata,
+    portable_model,
+    uses_align_corners,
+)
 
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 
 
 class KerasPredictor:
-    """A Keras model; an auxiliary head is dropped (`inference_model`)."""
+    """A Keras model; an auxiliary head is dropped (`inference_model`).
+
+    A model built under a strategy with several replicas (training under MirroredStrategy) would run every batch
+    on every replica: it is predicted through a float32 copy outside the strategy (`portable_model`, what training
+    saves), made once.
+    """
 
     def __init__(self, model: keras.Model):
-        self.model = inference_model(model)
+        strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's backend only
+        replicas = getattr(strategy, "num_replicas_in_sync", 1)
+        self.model = portable_model(model) if replicas > 1 else inference_model(model)
         self.mean, self.input_size = model_mean(self.model), None
         self.num_classes = int(self.model.output.shape[-1])
         self.align_corners = uses_align_corners(self.model)

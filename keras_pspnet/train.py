@@ -32,20 +32,31 @@ DEFAULT_MODEL = {"preset": "pspnet_resnet50"}
 CACHED_SHUFFLE = 1 << 16  # a cached dataset is shuffled whole (it is small, and in memory)
 
 
+_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
+
+
 def make_strategy(kind: str) -> tf.distribute.Strategy:
     """none: the default strategy; mirrored: all local GPUs (or all logical CPUs when there is no GPU);
-    multi_worker: the cluster in TF_CONFIG; auto: multi_worker with TF_CONFIG, mirrored with 2+ GPUs, else none."""
+    multi_worker: the cluster in TF_CONFIG; auto: multi_worker with TF_CONFIG, mirrored with 2+ GPUs, else none.
+
+    One strategy of each kind per process: a second MirroredStrategy numbers its collective ops from the start
+    again, and the first run's ops of those numbers make the second's synchronised batch norms fail ("Shape
+    mismatch in the collective instance"), e.g. when a process trains two models (the demo on a multi-GPU machine).
+    """
     if kind == "auto":
         if "TF_CONFIG" in os.environ:
             kind = "multi_worker"
         else:
             kind = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "none"
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    return tf.distribute.get_strategy()
+    if kind == "none":
+        return tf.distribute.get_strategy()
+    if kind not in _STRATEGIES:
+        if kind == "multi_worker":
+            _STRATEGIES[kind] = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            _STRATEGIES[kind] = tf.distribute.MirroredStrategy([d.name for d in devices])
+    return _STRATEGIES[kind]
 
 
 def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,

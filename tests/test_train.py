@@ -195,40 +195,93 @@ def test_sigkill_resume_export(tmp_path, policy):
     np.testing.assert_allclose(keras.ops.softmax(scores), keras.ops.softmax(expected), atol=1e-5)
 
 
-SYNC_BN = """
+TWO_REPLICAS = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import sys, keras, numpy as np
+import json, sys, keras, numpy as np
 from keras_pspnet.config import load_config
-from keras_pspnet.train import train
-result = train(load_config(None, sys.argv[2:]), sys.argv[1], verbose=False)
-model = keras.saving.load_model(result["final_model"])
-np.save(sys.argv[1] + "/tf.npy", model.predict(np.load(sys.argv[1] + "/pixels.npy"), verbose=0))
+from keras_pspnet.data import load_source
+from keras_pspnet.data.classes import CONTEXT_INFO
+from keras_pspnet.evaluate import evaluate
+from keras_pspnet.export import export_saved_model
+from keras_pspnet.finetune import transfer_weights
+from keras_pspnet.predictors import KerasPredictor, load_predictor
+from keras_pspnet.protocol import TestProtocol
+from keras_pspnet.train import build_model, make_strategy, train
+
+folder, overrides = sys.argv[1], sys.argv[2:]
+protocols = {"native": TestProtocol(), "slide": TestProtocol(mode="slide", crop=(40, 40)),
+             "semseg": TestProtocol("semseg", 64, "slide", (40, 40), flip=True),
+             "mmseg": TestProtocol("mmseg", (64, 48), "slide", (40, 40), scales=(0.75, 1.0), flip=True)}
+source, _ = load_source("context", "validation", context_scenes=4, context_size=64)
+pixels = np.load(folder + "/pixels.npy")
+results = {}
+for aux in ("0", "0.4"):  # one process: the second run's collective ops must not collide with the first's
+    config = load_config(None, overrides + [f"aux_weight={aux}", "distribute=mirrored", "val_split=validation",
+                                            "eval_every=1", "steps=2"])
+    final = keras.saving.load_model(train(config, f"{folder}/aux{aux}", verbose=False)["final_model"])
+    strategy = make_strategy("mirrored")
+    with strategy.scope():  # the training model itself, bound to the strategy, as the loop evaluates it
+        model = build_model(config, CONTEXT_INFO, sync_batchnorm=True)
+    transfer_weights(final, model)
+    results[f"{aux} predictor replicas"] = KerasPredictor(model).model.distribute_strategy.num_replicas_in_sync
+    for name, protocol in protocols.items():
+        results[f"{aux} {name}"] = [evaluate(m, source, CONTEXT_INFO, protocol, progress=False)["mIoU"]
+                                    for m in (model, final)]
+    expected = final.predict(pixels, verbose=0)
+    np.save(f"{folder}/aux{aux}/tf.npy", expected)
+    saved = export_saved_model(model, f"{folder}/serving{aux}", CONTEXT_INFO, warmup_sizes=[])
+    results[f"{aux} export"] = float(np.abs(load_predictor(saved).predict_on_batch(pixels) - expected).max())
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, **results}))
 """
 ON_JAX = """
 import sys, keras, numpy as np
 import keras_pspnet  # registers our layers
 assert keras.backend.backend() == "jax"
 model = keras.saving.load_model(sys.argv[1] + "/final.keras")
-np.save(sys.argv[1] + "/jax.npy", model.predict(np.load(sys.argv[1] + "/pixels.npy"), verbose=0))
+np.save(sys.argv[1] + "/jax.npy", model.predict(np.load(sys.argv[2]), verbose=0))
 """
 
 
-def test_model_trained_on_two_replicas_loads_on_jax(tmp_path):
+@pytest.fixture(scope="module")
+def two_replicas(tmp_path_factory):
+    """Runs trained (with evaluation at every step) on two replicas, with and without the auxiliary head, and what
+    their training models give when evaluated and exported while still bound to the strategy."""
+    folder = tmp_path_factory.mktemp("replicas")
+    np.save(folder / "pixels.npy", np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(folder), *TINY], capture_output=True,
+                            text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_replicas_evaluate_and_export_with_every_protocol(two_replicas):
+    """A model bound to MirroredStrategy (the training model: without an auxiliary head, `inference_model` is the
+    model itself) is evaluated once per batch, not on every replica: with a flipping protocol that crashed, without
+    one it computed everything twice. Each protocol's mIoU equals the saved model's on one device."""
+    _, results = two_replicas
+    assert results.pop("replicas") == 2
+    for aux in ("0", "0.4"):
+        assert results.pop(f"{aux} predictor replicas") == 1
+        assert results.pop(f"{aux} export") < 1e-4
+        for name in ("native", "slide", "semseg", "mmseg"):
+            distributed, single = results.pop(f"{aux} {name}")
+            assert distributed == pytest.approx(single, abs=1e-9), (aux, name)
+    assert not results
+
+
+def test_model_trained_on_two_replicas_loads_on_jax(two_replicas, tmp_path):
     """Synchronised batch norm is a training setting: the saved model loads and predicts on any backend, also
     where TensorFlow is not installed."""
     pytest.importorskip("jax")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    np.save(run_dir / "pixels.npy", np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
-    trained = subprocess.run([sys.executable, "-c", SYNC_BN, str(run_dir), *TINY, "steps=2", "distribute=mirrored"],
-                             capture_output=True, text=True, env=ENV, timeout=600)
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    folder, _ = two_replicas
     blocked = tmp_path / "without_tensorflow" / "tensorflow"  # as on a JAX-only machine
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('TensorFlow is not installed here')")
-    loaded = subprocess.run([sys.executable, "-c", ON_JAX, str(run_dir)], capture_output=True, text=True,
+    run_dir = folder / "aux0.4"
+    loaded = subprocess.run([sys.executable, "-c", ON_JAX, str(run_dir), str(folder / "pixels.npy")],
+                            capture_output=True, text=True,
                             env={**ENV, "KERAS_BACKEND": "jax", "PYTHONPATH": str(blocked.parent)}, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     expected = np.load(run_dir / "tf.npy")
