@@ -12,10 +12,17 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.split(",")) if text else None
 
 
-def _check_output(path: str, force: bool) -> None:
-    """Before long work: the output is a .keras file, and an existing one is replaced only with --force."""
-    if not path.endswith(".keras"):
-        raise ValueError(f"{path}: the output must be a .keras file.")
+def _check_output(path: str, force: bool, suffix: str = ".keras") -> None:
+    """Before long work: the output has the right suffix, its folder exists, it is not a symbolic link, and an
+    existing one is replaced only with --force."""
+    from keras_pspnet.files import refuse_link
+
+    if not path.endswith(suffix):
+        raise ValueError(f"{path}: the output must be a {suffix} file.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder for {os.path.basename(path)}")
+    refuse_link(path)
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path}: already exists (use --force to replace it).")
 
@@ -38,6 +45,7 @@ def _describe(model, source: str, out: str) -> str:
 
 def _convert(args) -> None:
     from keras_pspnet.convert import from_mmseg, from_semseg
+    from keras_pspnet.model import save_model
 
     _check_output(args.out, args.force)
     options = dict(num_classes=args.num_classes, aux_head=False if args.no_aux else None, classes=args.classes,
@@ -48,7 +56,7 @@ def _convert(args) -> None:
         model = from_mmseg(args.checkpoint, bins=_ints(args.bins), output_stride=args.output_stride,
                            contract_dilation=args.contract_dilation, align_corners=args.align_corners,
                            dilations=_ints(args.dilations), **options)
-    model.save(args.out)
+    save_model(model, args.out)
     print(_describe(model, args.checkpoint, args.out))
 
 
@@ -64,7 +72,9 @@ def _pretrained(args) -> None:
         _check_output(args.out, args.force)
     model = zoo.from_pretrained(args.name, aux_head=True, cache_dir=args.cache_dir)
     if args.out:
-        model.save(args.out)
+        from keras_pspnet.model import save_model
+
+        save_model(model, args.out)
     print(_describe(model, args.name, args.out or zoo.converted_path(args.name, args.cache_dir)))
 
 
@@ -140,8 +150,8 @@ def _evaluate(args) -> None:
     from keras_pspnet.evaluate import evaluate
     from keras_pspnet.metrics import format_table
 
-    if args.json and os.path.exists(args.json) and not args.force:
-        raise FileExistsError(f"{args.json}: already exists (use --force to replace it).")
+    if args.json:
+        _check_output(args.json, args.force, ".json")
     if args.json and os.path.abspath(args.json) in {os.path.abspath(args.model),
                                                     os.path.abspath(os.path.splitext(args.model)[0] + ".json")}:
         raise ValueError(f"{args.json}: is the model's own file (a .tflite's metadata); choose another --json")
@@ -160,10 +170,10 @@ def _evaluate(args) -> None:
     if published and results["mIoU"] is not None:
         print(f"{published}; here {100 * results['mIoU']:.2f} on {results['images']} images")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "data": args.data, "split": args.split, "protocol": protocol.to_dict(),
-                       **options,
-                       **results}, f, indent=1)
+        from keras_pspnet.files import write_text
+
+        write_text(args.json, json.dumps({"model": args.model, "data": args.data, "split": args.split,
+                                          "protocol": protocol.to_dict(), **options, **results}, indent=1))
         print(f"wrote {args.json}")
 
 
@@ -206,8 +216,9 @@ def _predict(args) -> int:
 
     predictor = _load_predictor(args)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
+    max_pixels = round(args.max_pixels * 1e6) if args.max_pixels else None
     failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force,
-                           **_inference_options(args))
+                           max_pixels=max_pixels, **_inference_options(args))
     done = len(args.images) - len(failed)
     print(f"{done} of {len(args.images)} images predicted into {args.out} (label, color and overlay PNGs, legend.png)")
     return 1 if failed else 0
@@ -243,12 +254,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _inference_options(args) -> dict:
-    """--max-side (default `keras_pspnet.inference.MAX_SIDE`) and --window-batch, as keyword arguments of
-    predict_labels."""
+    """--max-side (default `keras_pspnet.inference.MAX_SIDE`), --window-batch and --max-memory, as keyword
+    arguments of predict_labels."""
     from keras_pspnet.inference import MAX_SIDE
 
-    return {"max_side": args.max_side or MAX_SIDE, "window_batch": args.window_batch}
+    return {"max_side": args.max_side or MAX_SIDE, "window_batch": args.window_batch,
+            "max_memory": round(args.max_memory * 2**30) if args.max_memory else None}
 
 
 def _demo(args) -> None:
@@ -284,6 +306,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                        "defined)")
     group.add_argument("--window-batch", type=_positive_int, help="windows per model call (default: about a "
                        "megapixel's worth)")
+    group.add_argument("--max-memory", type=_positive_float, metavar="GIB", help="refuse an image whose inference "
+                       "would need more memory than this, estimated before it runs (default: what the machine has "
+                       "available)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -390,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(predict)
     predict.add_argument("--classes", help="context, ade20k, cityscapes, voc, pets or a classes.json")
     predict.add_argument("--force", action="store_true", help="replace existing outputs")
+    predict.add_argument("--max-pixels", type=_positive_float, metavar="MEGAPIXELS", help="refuse larger images "
+                         "before decoding them (default: PIL's decompression-bomb limit, 89.5)")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", parents=[common],

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
 
 import yaml
+
+from keras_pspnet.files import check_nodes, read_text, short_repr, write_text
 
 
 @dataclasses.dataclass
@@ -81,21 +84,15 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     """Reads a YAML config and applies `key=value` overrides (values parsed as YAML; `model.bins=[1,2]`)."""
     values: dict = {}
     if path is not None:
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except OSError as error:
-            raise FileNotFoundError(f"{path}: cannot read config ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        values = _yaml(read_text(path, "config", MAX_CONFIG_BYTES), path) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config is a mapping of keys to values")
     origin = path or "config"
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
-            raise ValueError(f"--set {override}: expected key=value")
-        _set(values, key.strip(), yaml.safe_load(raw), f"--set {override}")
+            raise ValueError(f"--set {short_repr(override)}: expected key=value")
+        _set(values, key.strip(), _yaml(raw, f"--set {short_repr(override)}"), f"--set {short_repr(override)}")
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{origin}: unknown key(s) {unknown}; valid keys: {sorted(FIELDS)}")
@@ -111,7 +108,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     config = TrainConfig(**values)
     for key, choices in CHOICES.items():
         if getattr(config, key) not in choices:
-            raise ValueError(f"{origin}: {key} must be one of {list(choices)}, got {getattr(config, key)!r}")
+            raise ValueError(f"{origin}: {key} must be one of {list(choices)}, got {short_repr(getattr(config, key))}")
     for key in ("batch_size", "steps", "checkpoint_every", "log_every", "crop_size", "num_classes", "eval_every",
                 "context_scenes", "context_size"):
         value = getattr(config, key)
@@ -131,6 +128,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
     if config.min_learning_rate > config.learning_rate:
         raise ValueError(f"{origin}: min_learning_rate {config.min_learning_rate} is above learning_rate "
                          f"{config.learning_rate}")
+    if config.eval_every and not config.val_split:
+        raise ValueError(f"{origin}: eval_every {config.eval_every} needs a val_split to evaluate on (it is null)")
     if config.optimizer == "adam" and (config.head_lr_mult != 1 or config.weight_decay_mode is not None):
         raise ValueError(f"{origin}: head_lr_mult and weight_decay_mode are for optimizer: sgd (adam decays "
                          "decoupled, as AdamW)")
@@ -138,6 +137,20 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
 
 
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
+MAX_CONFIG_BYTES = 2**20  # our configs are ~2 kB
+
+
+def _yaml(text: str, where: str):
+    """YAML as safe_load reads it, refused in one line when not YAML or when its aliases expand past what a config
+    holds (a 663-byte document of nested anchors stands for billions of values; printing it would never end)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply") from None
+    check_nodes(value, where, limit=10_000)
+    return value
 
 
 def convert(value: Any, kind: Any, where: str) -> Any:
@@ -157,9 +170,9 @@ def convert(value: Any, kind: Any, where: str) -> Any:
                 return convert(value, option, where)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {kind}")
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {short_repr(value)} is none of {kind}")
     origin = typing.get_origin(kind) or kind
-    fail = ValueError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    fail = ValueError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {short_repr(value)}")
     if value is None and kind is not Any:
         raise ValueError(f"{where}: may not be null")
     if kind is bool:
@@ -171,8 +184,10 @@ def convert(value: Any, kind: Any, where: str) -> Any:
             raise fail
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise fail from None
+        if not math.isfinite(number):  # "nan" and "inf" parse as floats: never a learning rate, nor any setting
+            raise ValueError(f"{where}: expected a finite number, got {short_repr(value)}")
         if kind is int:
             if not number.is_integer():
                 raise fail
@@ -187,18 +202,18 @@ def convert(value: Any, kind: Any, where: str) -> Any:
         if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(set(items)) == 1:
             value = [value] * len(items)  # crop_size: 473 means 473x473
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise ValueError(f"{where}: expected {len(items)} values, got {value!r}")
+            raise ValueError(f"{where}: expected {len(items)} values, got {short_repr(value)}")
         return tuple(convert(v, t, where) for v, t in zip(value, items))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ValueError(f"{where}: expected a mapping, got {short_repr(value)}")
         return dict(value)
     return value
 
 
 def save_config(config: TrainConfig, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(_plain(config.to_dict()), f, sort_keys=False)
+    """Writes the config as YAML, atomically (a kill never leaves half a config that blocks the next run)."""
+    write_text(path, yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
 
 
 def _plain(value):

@@ -15,6 +15,7 @@ from keras_pspnet.data import CONTEXT_INFO, load_source
 from keras_pspnet.data.context import DEFAULT_SIZE
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.export import export_saved_model, export_tflite
+from keras_pspnet.files import atomic_output, write_text
 from keras_pspnet.model import load_model
 from keras_pspnet.train import train
 from keras_pspnet.visualize import colorize, legend
@@ -58,7 +59,8 @@ def picture(scenes: list[dict], fcn_model, psp_model, path: str, rows: int = 4) 
     canvas = Image.new("RGB", (grid.width + key.width + gap, grid.height), "white")
     canvas.paste(grid, (0, 0))
     canvas.paste(key, (grid.width + gap, header))
-    canvas.save(path)
+    with atomic_output(path) as partial:
+        canvas.save(partial, format="PNG")
     return len(chosen)
 
 
@@ -97,8 +99,7 @@ def run_demo(out_dir: str = "runs/quickstart", config_dir: str = "training/confi
                "pspnet": _brief(results["pspnet"]), "saved_model": saved, "tflite": tflite, "picture": grid,
                "runs": [os.path.join(out_dir, "pspnet"), os.path.join(out_dir, "fcn")],
                "seconds": time.perf_counter() - started}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))
     print("\n== PSPNet vs the same network without the pyramid, IoU % on held-out scenes ==")
     print(table)
     if gain >= 10:

@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras_pspnet import __version__, tflite
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
+from keras_pspnet.files import refuse_link, write_bytes, write_text
 from keras_pspnet.layers.resize import resize_bilinear
 from keras_pspnet.model import (
     inference_model,
@@ -286,6 +287,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
     for existing in (path, json_path):
+        refuse_link(existing)
         if os.path.exists(existing) and not overwrite:
             raise FileExistsError(f"{existing}: already exists (use --force to replace it).")
     height, width = input_size
@@ -339,10 +341,6 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     description = (f"PSPNet semantic segmentation, {classes} classes: uint8 RGB {height}x{width} in, {outputs} out "
                    f"({'fp32' if quantize == 'none' else quantize})")
     content = tflite.populate(tree, meta, outputs, description, __version__)
-    with open(path + ".tmp", "wb") as f:
-        f.write(content)
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(json_path + ".tmp", json_path)
-    os.replace(path + ".tmp", path)
+    write_text(json_path, json.dumps(meta, indent=1))  # each written beside and renamed: never half a file
+    write_bytes(path, content)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import keras
 import numpy as np
@@ -134,6 +135,15 @@ def _window_plan(protocol: TestProtocol, height: int, width: int, max_side: int)
     return (height, width), (height, width)
 
 
+def _batch_windows(height: int, width: int, crop, stride, flip: bool, window_batch: int | None):
+    """(crop clipped to the image, the windows' corners, windows per model call)."""
+    crop = (min(crop[0], height), min(crop[1], width))
+    corners = list(_windows(height, width, crop, stride))
+    columns = sum(1 for y, _ in corners if y == 0)
+    per_batch = window_batch or max(1, min(WINDOW_PIXELS // (crop[0] * crop[1] * (2 if flip else 1)), columns))
+    return crop, corners, per_batch
+
+
 def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, flip: bool,
                   window_batch: int | None):
     """The model's output averaged over windows of `image`, as (first row, rows [n, W, classes]) top to bottom;
@@ -147,10 +157,7 @@ def _window_bands(predictor, image: np.ndarray, crop, stride, *, softmax: bool, 
     flip: average each window's probabilities with its mirrored window's (the authors' net_process).
     """
     height, width = image.shape[:2]
-    crop = (min(crop[0], height), min(crop[1], width))
-    corners = list(_windows(height, width, crop, stride))
-    columns = sum(1 for y, _ in corners if y == 0)
-    per_batch = window_batch or max(1, min(WINDOW_PIXELS // (crop[0] * crop[1] * (2 if flip else 1)), columns))
+    crop, corners, per_batch = _batch_windows(height, width, crop, stride, flip, window_batch)
     batches = [corners[first : first + per_batch] for first in range(0, len(corners), per_batch)]
     rows = max(batch[-1][0] - batch[0][0] for batch in batches) + crop[0]  # a batch starts at the band's top
     total = np.zeros((rows, width, predictor.num_classes), np.float32)
@@ -239,7 +246,7 @@ def _scale_terms(predictor, image: np.ndarray, protocol: TestProtocol, max_side:
 
 
 def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None, max_side: int,
-                        window_batch: int | None):
+                        window_batch: int | None, max_memory: int | None = None):
     """(first row, probabilities of a strip of rows [rows, W, classes]) covering the image top to bottom.
 
     At the image's size probabilities exist a strip at a time: with one term at the image's own size (a single
@@ -251,6 +258,8 @@ def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None,
 
     predictor = as_predictor(model)
     protocol = protocol or own_protocol(predictor.metadata)
+    check_memory(predictor, *np.shape(image)[:2], protocol, max_side=max_side, window_batch=window_batch,
+                 max_memory=max_memory)
     image = np.asarray(image, np.float32)
     size, classes = image.shape[:2], predictor.num_classes
     terms = _scale_terms(predictor, image, protocol, max_side, window_batch)  # lazily: one scaled image at a time
@@ -276,8 +285,80 @@ def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None,
         yield start, total
 
 
+GiB = 2**30
+# A model call's activations per window pixel besides its logits: 1024 bytes + 2 per class, above the measured
+# peaks of PSPNet-R50 and MobileNetV2 on TF 2.21 (473-1024 px windows: ~600 bytes with 19 classes, ~830 with 150).
+MODEL_BYTES_PER_PIXEL = 1024
+
+
+class MemoryLimitError(ValueError):
+    """An image whose inference would need more memory than allowed (`max_memory`)."""
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still allocate (Linux' MemAvailable, else its physical memory), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(predictor, height: int, width: int, protocol: TestProtocol, *, max_side: int = MAX_SIDE,
+                  window_batch: int | None = None) -> int:
+    """About the most bytes that scoring an image of `height` x `width` under `protocol` holds at once, following
+    what `predict_labels` allocates: the image, its float copy and the labels; per scale, the resized image (with
+    semseg's padding or mmseg's rounding), a model call's windows, logits and activations
+    (MODEL_BYTES_PER_PIXEL + 2 per class, per window pixel) and the band of summed windows; the maps held whole
+    when scales or mirrors are combined, and the strips they make. PSPNet-R50's measured peaks (2-3 megapixel
+    photos, each protocol) were between half of it and all of it."""
+    classes = predictor.num_classes
+    image = height * width * (3 + 12 + 4)  # decoded uint8, float32 copy, int32 labels
+    mirrors = 2 if protocol.style == "mmseg" and protocol.flip else 1
+    held, work = 0, 0
+    for scale in protocol.scales:
+        scaled = protocol.scaled_size(height, width, scale)
+        crop, stride = _window_plan(protocol, *scaled, max_side)
+        copies = (0 if scaled == (height, width) else 1) + (2 if protocol.style == "mmseg" else 0)  # resize, round
+        if protocol.style == "semseg" and (scaled[0] < crop[0] or scaled[1] < crop[1]):
+            scaled, copies = (max(scaled[0], crop[0]), max(scaled[1], crop[1])), copies + 1  # mean padding
+        flip = 2 if protocol.flip and protocol.style == "semseg" else 1
+        crop, corners, per_batch = _batch_windows(*scaled, crop, stride, flip == 2, window_batch)
+        batches = [corners[first : first + per_batch] for first in range(0, len(corners), per_batch)]
+        rows = max(batch[-1][0] - batch[0][0] for batch in batches) + crop[0]
+        call = per_batch * flip * crop[0] * crop[1]  # window pixels of one model call
+        per_window_pixel = 12 + 4 * classes * (2 if flip == 2 else 1) + MODEL_BYTES_PER_PIXEL + 2 * classes
+        work = max(work, scaled[0] * scaled[1] * 12 * copies + call * per_window_pixel
+                   + rows * scaled[1] * (classes + 1) * 4)
+        if len(protocol.scales) * mirrors > 1 or scaled != (height, width):
+            held += scaled[0] * scaled[1] * classes * 4 * mirrors
+    if held:
+        held += 3 * STRIP_VALUES * 4  # a strip's total and the resized map added to it
+    return image + held + work
+
+
+def check_memory(predictor, height: int, width: int, protocol: TestProtocol, *, max_side: int = MAX_SIDE,
+                 window_batch: int | None = None, max_memory: int | None = None, what: str = "the image") -> None:
+    """Raises MemoryLimitError, in one line naming `what`, when `memory_needed` is above `max_memory` bytes
+    (default: what this machine has available; 0: no limit)."""
+    limit = available_memory() if max_memory is None else max_memory
+    if not limit:
+        return
+    needed = memory_needed(predictor, height, width, protocol, max_side=max_side, window_batch=window_batch)
+    if needed > limit:
+        allowed = "allowed (--max-memory)" if max_memory else "available on this machine (--max-memory overrides)"
+        raise MemoryLimitError(f"{what}: {width}x{height} under {protocol.describe()} needs about "
+                               f"{needed / GiB:.1f} GiB, more than the {limit / GiB:.1f} GiB {allowed}")
+
+
 def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
-                   window_batch: int | None = None) -> np.ndarray:
+                   window_batch: int | None = None, max_memory: int | None = None) -> np.ndarray:
     """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255), at its resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
@@ -290,19 +371,22 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     `window_batch`: windows per model call (default: about a megapixel's worth, at most a row of windows).
     Multi-scale or mmseg-flip inference without a resize holds each scaled map whole: resize large photos.
     For labels only, `predict_labels` needs far less memory on large images.
+    `max_memory`: bytes the inference may take (`memory_needed`, checked before anything is allocated; default:
+    what the machine has available; 0: no check); beyond it, MemoryLimitError.
     """
     from keras_pspnet.predictors import as_predictor
 
     predictor = as_predictor(model)
-    return _gather(_probability_strips(predictor, image, protocol, max_side, window_batch),
+    return _gather(_probability_strips(predictor, image, protocol, max_side, window_batch, max_memory),
                    (*np.shape(image)[:2], predictor.num_classes))
 
 
 def predict_labels(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
-                   window_batch: int | None = None) -> np.ndarray:
+                   window_batch: int | None = None, max_memory: int | None = None) -> np.ndarray:
     """The predicted class of each pixel, int32 [H, W]: the argmax of `predict_scores` (same arguments), made
     strip by strip so that the probabilities at the image's size are never held whole."""
+    strips = _probability_strips(model, image, protocol, max_side, window_batch, max_memory)
     labels = np.empty(np.shape(image)[:2], np.int32)
-    for start, strip in _covering(_probability_strips(model, image, protocol, max_side, window_batch), len(labels)):
+    for start, strip in _covering(strips, len(labels)):
         labels[start : start + len(strip)] = strip.argmax(axis=-1)
     return labels

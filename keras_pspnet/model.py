@@ -167,6 +167,27 @@ def model_input(images, dtype="float32"):
     return keras.ops.cast(keras.ops.clip(keras.ops.round(keras.ops.cast(images, "float32")), 0, 255), "uint8")
 
 
+def save_model(model: keras.Model, path: str, *, overwrite: bool = True) -> None:
+    """Saves a .keras file beside `path` and renames it over `path` once complete: a kill during the write leaves
+    the previous file (or none), never a damaged model under its name (see `keras_pspnet.files.atomic_output`)."""
+    from keras_pspnet.files import atomic_output
+
+    with atomic_output(path, overwrite=overwrite) as partial:
+        model.save(partial)
+
+
+def is_complete_model(path: str) -> bool:
+    """Whether `path` is a whole .keras archive (its zip directory, config and weights are there): a file cut
+    short by a kill is not."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {"config.json", "model.weights.h5"} <= set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def inference_model(model: keras.Model) -> keras.Model:
     """The model without its auxiliary head (same layers and weights), for evaluation and export.
 

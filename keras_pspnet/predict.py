@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,27 +13,61 @@ from tqdm import tqdm
 from keras_pspnet.console import one_line, report
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.inference import MAX_SIDE, predict_labels
+from keras_pspnet.files import MiB, atomic_output, read_bytes, refuse_link, regular_file
+from keras_pspnet.inference import MAX_SIDE, check_memory, predict_labels
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay
 
+_PIL_LIMIT = threading.Lock()
 
-def read_image(path: str) -> np.ndarray:
+
+def max_image_pixels() -> int | None:
+    """The decompression-bomb limit: PIL's (`PIL.Image.MAX_IMAGE_PIXELS`, 89.5 megapixels unless changed)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) from an image file's header, nothing decoded; a one-line error naming the file when it is not
+    a regular file, not an image, or larger than `max_pixels` (default `max_image_pixels()`; 0: no limit).
+
+    TensorFlow's decoders allocate whatever a header declares: a 1 MB PNG declaring 20000x20000 would take 1.2 GB
+    before inference starts, and PIL's own limit is not applied to them. It is here, with the size PIL reads.
+    """
+    regular_file(path, "image")
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    try:
+        with _PIL_LIMIT:  # PIL checks its limit when opening: ours is checked below, with our message
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: not an image, or a broken one ({type(error).__name__}; JPEG, PNG, GIF, BMP and "
+                         "WebP are read)") from None
+    if limit and width * height > limit:
+        raise ValueError(f"{path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, more than the "
+                         f"{limit / 1e6:.1f} allowed (a decompression bomb? --max-pixels raises the limit)")
+    return height, width
+
+
+def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3], decoded as training decodes images (`decode_rgb`: a 16-bit PNG keeps the high byte of
-    each value, as TensorFlow reduces it); a one-line error naming the file when it is not an image."""
+    each value, as TensorFlow reduces it); a one-line error naming the file when it is not an image, or a larger
+    one than `max_pixels` allows (see `image_size`: checked before anything is decoded)."""
     import tensorflow as tf
 
+    height, width = image_size(path, max_pixels)
+    # a file is at most its 4-byte pixels (BMP, uncompressed PNG) and some metadata; anything larger is not it
+    data = read_bytes(path, 4 * height * width + 64 * MiB, "image")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as error:  # a directory, no permission
-        raise ValueError(f"{path}: not an image ({type(error).__name__})") from None
-    try:
-        return decode_rgb(tf.constant(data)).numpy()
+        image = decode_rgb(tf.constant(data)).numpy()
     except tf.errors.OpError:
         raise ValueError(f"{path}: not an image, or a broken one (JPEG, PNG, GIF, BMP and WebP are read)") from None
+    if image.shape[0] * image.shape[1] != height * width:  # a header PIL and TensorFlow read apart
+        raise ValueError(f"{path}: decodes to {image.shape[1]}x{image.shape[0]}, its header says {width}x{height}")
+    return image
 
 
 def output_names(paths: Sequence[str], out_dir: str) -> list[str]:
@@ -53,14 +88,17 @@ def output_names(paths: Sequence[str], out_dir: str) -> list[str]:
 
 def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetInfo,
                   protocol: TestProtocol | None = None, *, force: bool = False, max_side: int = MAX_SIDE,
-                  window_batch: int | None = None) -> list[str]:
+                  window_batch: int | None = None, max_memory: int | None = None,
+                  max_pixels: int | None = None) -> list[str]:
     """Writes <stem>_label.png (indices), <stem>_color.png and <stem>_overlay.png per image, and legend.png.
 
     When two images share a stem (a/0001.jpg, b/0001.jpg), the outputs mirror the images' paths relative to
     their common directory instead (OUT/a/0001_label.png, OUT/b/0001_label.png); see `output_names`.
 
     A bad image is reported by name and skipped; the others are still processed. Existing outputs are
-    not replaced unless `force`. `max_side`, `window_batch`: see `keras_pspnet.inference.predict_scores`.
+    not replaced unless `force`; each is written beside its name and renamed, never through a symbolic link nor
+    outside `out_dir`. `max_side`, `window_batch`, `max_memory`: see `keras_pspnet.inference.predict_scores`
+    (memory is checked from each file's header, before it is decoded); `max_pixels`: see `image_size`.
     Returns the paths that failed.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -71,26 +109,49 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
                            disable=len(paths) < 2):
         outputs = {kind: f"{name}_{kind}.png" for kind in ("label", "color", "overlay")}
         try:
-            existing = [p for p in outputs.values() if os.path.exists(p)]
-            if existing and not force:
-                raise FileExistsError(f"{existing[0]}: already exists (use --force to replace it)")
-            image = read_image(path)  # its errors name the file
+            for output in outputs.values():
+                _check_output(output, out_dir, force)
+            height, width = image_size(path, max_pixels)
+            check_memory(predictor, height, width, protocol, max_side=max_side, window_batch=window_batch,
+                         max_memory=max_memory, what=path)
+            image = read_image(path, max_pixels)  # its errors name the file
         except (ValueError, OSError) as error:
             report(str(error))
             failed.append(path)
             continue
         try:
-            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch)
+            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch,
+                                    max_memory=0)  # checked above, with the file's name
         except Exception as error:  # e.g. out of memory on one huge photo: the others still run
             report(f"{path}: {one_line(error)}")
             failed.append(path)
             continue
         os.makedirs(os.path.dirname(outputs["label"]), exist_ok=True)
         color = colorize(labels, info.colors)
-        label_png(labels, info.colors).save(outputs["label"])
-        Image.fromarray(color).save(outputs["color"])
-        Image.fromarray(overlay(image, color)).save(outputs["overlay"])
+        pictures = {"label": label_png(labels, info.colors), "color": Image.fromarray(color),
+                    "overlay": Image.fromarray(overlay(image, color))}
+        try:
+            for kind, picture in pictures.items():
+                _check_output(outputs[kind], out_dir, force)  # its folder, made just now, is checked too
+                with atomic_output(outputs[kind]) as partial:
+                    picture.save(partial, format="PNG")
+        except (ValueError, OSError) as error:
+            report(str(error))
+            failed.append(path)
     legend_path = os.path.join(out_dir, "legend.png")
-    if force or not os.path.exists(legend_path):
-        legend(info.class_names, info.colors).save(legend_path)
+    if force or not os.path.lexists(legend_path):
+        _check_output(legend_path, out_dir, True)
+        with atomic_output(legend_path) as partial:
+            legend(info.class_names, info.colors).save(partial, format="PNG")
     return failed
+
+
+def _check_output(path: str, out_dir: str, force: bool) -> None:
+    """An output goes under `out_dir` itself (no symbolic link on the way leads elsewhere), is not a link, and
+    replaces an existing file only with `force`."""
+    refuse_link(path)
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path}: already exists (use --force to replace it)")
+    folder, root = os.path.realpath(os.path.dirname(path)), os.path.realpath(out_dir)
+    if os.path.isdir(os.path.dirname(path)) and folder != root and not folder.startswith(root + os.sep):
+        raise ValueError(f"{path}: its folder leads outside {out_dir} through a symbolic link; not written")

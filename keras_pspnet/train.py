@@ -16,14 +16,23 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pspnet.config import TrainConfig, load_config, save_config
+from keras_pspnet.console import one_line
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.folder import undecodable_images
 from keras_pspnet.data.info import AugmentConfig, DatasetInfo, augment_config
 from keras_pspnet.evaluate import evaluate
+from keras_pspnet.files import read_text, write_text
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
-from keras_pspnet.model import build_pspnet, head_lr_multipliers, model_mean, portable_model
+from keras_pspnet.model import (
+    build_pspnet,
+    head_lr_multipliers,
+    is_complete_model,
+    model_mean,
+    portable_model,
+    save_model,
+)
 from keras_pspnet.optimizers import SGD
 from keras_pspnet.presets import from_preset
 from keras_pspnet.protocol import TestProtocol, reference_protocol
@@ -161,13 +170,13 @@ class RunDirectory:
 
     @property
     def finished(self) -> bool:
-        return os.path.exists(self("final.keras"))
+        return is_complete_model(self("final.keras"))  # a final.keras cut short (keras-pspnet <= 0.4) is not
 
 
 def check_run_directory(run_dir: str, config: TrainConfig, resume: bool) -> None:
     """Refuses a finished run unless resuming, and a different config in an unfinished one."""
     saved_path = os.path.join(run_dir, "config.yaml")
-    if os.path.exists(os.path.join(run_dir, "final.keras")) and not resume:
+    if is_complete_model(os.path.join(run_dir, "final.keras")) and not resume:
         raise FileExistsError(f"{run_dir}: holds a finished run (final.keras); pass --resume to continue it "
                               "(e.g. with more steps) or choose another output directory.")
     if os.path.exists(saved_path) and not resume:
@@ -218,24 +227,21 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         optimizer = make_optimizer(config, model, counter)
         optimizer.build(model.trainable_variables)
     augment = augment_config(info.augment, config.augment)
-    if out.chief:  # only once the config has proved valid: a refused config must not block its correction
-        save_config(config, out("config.yaml"))
     if init is not None and not resuming:
         _initialize(model, init, config.init_from, verbose and out.chief)
     best = tf.Variable(-1.0, trainable=False, dtype=tf.float32)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_miou=best, step=counter)
     manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=2)
     if manager.latest_checkpoint:
-        if not any(name.startswith("step/") for name, _ in tf.train.list_variables(manager.latest_checkpoint)):
-            raise ValueError(f"{manager.latest_checkpoint}: written by keras-pspnet 0.2, whose optimizer kept another "
-                             "state (Keras' SGD); it cannot be resumed: start a new run directory (init_from its "
-                             "best.keras or final.keras keeps the weights)")
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        _restore(checkpoint, manager.latest_checkpoint, resume)
+    metrics = _read_metrics(out("metrics.json"))
+    if out.chief:  # only once the config has proved valid and the run restored: a refused or failed --resume must
+        save_config(config, out("config.yaml"))  # leave the run's config, so that its own command still resumes it
     start = int(counter.numpy())
     if start and verbose and out.chief:
         print(f"resuming {run_dir} from step {start} ({manager.latest_checkpoint})")
     if start >= config.steps and out.finished:
-        return {"step": start, "metrics": _read_metrics(out("metrics.json")), "final_model": out("final.keras")}
+        return {"step": start, "metrics": metrics, "final_model": out("final.keras")}
 
     mean = model_mean(model).tolist()
 
@@ -245,7 +251,6 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     writer = tf.summary.create_file_writer(out("logs")) if out.chief else tf.summary.create_noop_writer()
     progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"],
                                    verbose=1 if verbose and out.chief else 0)
-    metrics = _read_metrics(out("metrics.json"))
     started = time.perf_counter()
 
     def evaluate_now(step: int) -> None:
@@ -256,11 +261,10 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         metrics.append(record)
         with writer.as_default():
             tf.summary.scalar("val/mIoU", results["mIoU"] or 0.0, step=step)
-        with open(out("metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
+        write_text(out("metrics.json"), json.dumps(metrics, indent=1))
         if (results["mIoU"] or 0.0) > float(best.numpy()):
             best.assign(results["mIoU"])
-            portable_model(model).save(out("best.keras"))
+            save_model(portable_model(model), out("best.keras"))  # the previous best stays until this one is whole
         if verbose:
             print(f"\nstep {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} (best {100 * float(best.numpy()):.2f})")
 
@@ -287,7 +291,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         if step % config.checkpoint_every == 0 or step == config.steps:
             manager.save(checkpoint_number=step)
     evaluate_now(config.steps)
-    portable_model(model).save(out("final.keras"))  # every worker (identical weights); non-chiefs in worker-<i>/
+    save_model(portable_model(model), out("final.keras"))  # every worker (identical weights); non-chiefs: worker-<i>/
     seconds = time.perf_counter() - started
     if verbose and out.chief:
         images = (config.steps - start) * config.batch_size
@@ -329,11 +333,32 @@ def _initialize(model: keras.Model, init: keras.Model, name: str, verbose: bool)
               + (f"; re-initialised: {', '.join(skipped)}" if skipped else ""))
 
 
+def _restore(checkpoint: tf.train.Checkpoint, path: str, resume: bool) -> None:
+    """Restores the run's latest checkpoint; a config whose model or optimizer no longer fits it is one line."""
+    if not any(name.startswith("step/") for name, _ in tf.train.list_variables(path)):
+        raise ValueError(f"{path}: written by keras-pspnet 0.2, whose optimizer kept another state (Keras' SGD); it "
+                         "cannot be resumed: start a new run directory (init_from its best.keras or final.keras keeps "
+                         "the weights)")
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        hint = "the config changed the model or optimizer: " if resume else ""
+        raise ValueError(f"{path}: does not fit this run's model ({hint}{one_line(error)[:200]}); the run and its "
+                         "config.yaml are unchanged") from None
+
+
 def _read_metrics(path: str) -> list:
+    """The evaluations recorded so far (metrics.json), [] for a new run; one line naming a damaged file."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return json.load(f)
+    try:
+        metrics = json.loads(read_text(path, "metrics file"))
+    except ValueError as error:
+        raise ValueError(f"{path}: damaged ({one_line(error)[:120]}); move it away to resume (its record of the "
+                         "evaluations so far is then lost)") from None
+    if not isinstance(metrics, list):
+        raise ValueError(f"{path}: damaged (not a list of evaluations); move it away to resume")
+    return metrics
 
 
 def _input_error(config: TrainConfig, error: tf.errors.OpError) -> Exception:

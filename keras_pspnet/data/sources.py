@@ -26,6 +26,11 @@ def load_source(dataset: str, split: str, *, data_dir: str | None = None, num_cl
     `order`: for training, an endless stream, reshuffled over the whole dataset every epoch and sharded
     among workers (see `keras_pspnet.data.order`); None: every pair once, in a fixed order.
     """
+    if dataset in DATASETS and num_classes is not None:
+        info = CONTEXT_INFO if dataset == "context" else TFDS_SOURCES[dataset][2]
+        if num_classes != info.num_classes:
+            raise ValueError(f"num_classes {num_classes}: {dataset} has {info.num_classes} classes (num_classes is for "
+                             "folder datasets without classes.json)")
     if dataset == "context":
         return context_source(split, context_scenes, context_size or DEFAULT_SIZE, order), CONTEXT_INFO
     if dataset in TFDS_SOURCES:
