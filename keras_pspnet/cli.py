@@ -230,7 +230,7 @@ def _load_predictor(args):
     from keras_pspnet.predictors import load_predictor
 
     with contextlib.nullcontext() if args.verbose else native_output_hidden((2,)):
-        return load_predictor(args.model)
+        return load_predictor(args.model, trust_model=args.trust_model)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -290,6 +290,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The test protocol options (`keras_pspnet.protocol.TestProtocol`), shared by evaluate and predict."""
     group = parser.add_argument_group("test protocol (default: the model's own, e.g. a pretrained model's published "
                                       "one; else the whole image at its size)")
+    parser.add_argument("--trust-model", action="store_true", help="load a SavedModel that `pspnet export` did not "
+                        "write (loading runs its operations: only for a source you trust)")
     group.add_argument("--protocol", choices=("model", "native", "mmseg", "semseg"), default="model",
                        help="mmseg: mmsegmentation's (keep-ratio resize, logits averaged); semseg: the PSPNet "
                        "authors' (long side to a base size, mean padding, probabilities averaged); native: whole "

@@ -19,7 +19,13 @@ def one_line(error: BaseException) -> str:
 
 
 def report(message: str) -> None:
-    print(f"pspnet: error: {message}", file=sys.stderr)
+    """One error line on stderr, its control characters escaped (a file's name or content may hold terminal codes),
+    above any progress bar rather than inside it."""
+    from tqdm import tqdm
+
+    from keras_pspnet.files import printable
+
+    tqdm.write(f"pspnet: error: {printable(message, 2000)}", file=sys.stderr)
 
 
 def _flush_all() -> None:

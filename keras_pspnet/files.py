@@ -44,7 +44,7 @@ def printable(text: str, limit: int = 500) -> str:
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def regular_file(path: str, what: str = "file") -> os.stat_result:
+def regular_file(path: str, what: str = "input") -> os.stat_result:
     """The file's stat, which must be a regular file (a link to one is fine): never a pipe, device or folder,
     whose reads block or never end."""
     try:
@@ -54,24 +54,24 @@ def regular_file(path: str, what: str = "file") -> os.stat_result:
     except OSError as error:
         raise OSError(f"{path}: cannot read the {what} ({error.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, device or socket)"
-        raise ValueError(f"{path}: {kind}, not a {what}")
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a pipe, device or socket"
+        raise ValueError(f"{path}: {kind} (expected a regular {what} file)")
     return info
 
 
-def read_bytes(path: str, limit: int, what: str = "file") -> bytes:
+def read_bytes(path: str, limit: int, what: str = "input") -> bytes:
     """The content of a regular file of at most `limit` bytes; a one-line error naming the file otherwise."""
     size = regular_file(path, what).st_size
     if size > limit:
-        raise ValueError(f"{path}: {size / MiB:.1f} MiB, more than a {what} may have ({limit / MiB:.0f} MiB)")
+        raise ValueError(f"{path}: {size / MiB:.1f} MiB, more than a {what} file may have ({limit / MiB:.0f} MiB)")
     with open(path, "rb") as f:
         data = f.read(limit + 1)  # a file that grew since: still no more than the limit is read
     if len(data) > limit:
-        raise ValueError(f"{path}: more than a {what} may have ({limit / MiB:.0f} MiB)")
+        raise ValueError(f"{path}: more than a {what} file may have ({limit / MiB:.0f} MiB)")
     return data
 
 
-def read_text(path: str, what: str = "file", limit: int = MAX_TEXT_BYTES) -> str:
+def read_text(path: str, what: str = "input", limit: int = MAX_TEXT_BYTES) -> str:
     try:
         return read_bytes(path, limit, what).decode("utf-8")
     except UnicodeDecodeError as error:

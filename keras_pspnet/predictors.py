@@ -13,6 +13,9 @@ import os
 import keras
 import numpy as np
 
+from keras_pspnet.console import one_line
+from keras_pspnet.data.classes import checked_classes
+from keras_pspnet.files import check_nodes, printable, read_bytes, read_text, regular_file, short_repr
 from keras_pspnet.model import (
     inference_model,
     model_input,
@@ -21,6 +24,7 @@ from keras_pspnet.model import (
     portable_model,
     uses_align_corners,
 )
+from keras_pspnet.protocol import LARGEST_SIDE, own_protocol
 
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 
@@ -48,7 +52,8 @@ class KerasPredictor:
 
 class _ExportedPredictor:
     """Classes, normalisation mean, input size and protocol come from the metadata JSON of `keras_pspnet.export`
-    (`metadata`, where the model file holds it, else the file at `metadata_path`)."""
+    (`metadata`, where the model file holds it, else the file at `metadata_path`), checked as a file from anywhere:
+    bounded in size and nesting, printable class names, sizes a protocol may hold."""
 
     def __init__(self, path: str, metadata_path: str, metadata: dict | None = None):
         self.path = path
@@ -56,27 +61,82 @@ class _ExportedPredictor:
             metadata_path = f"{path} (its packed {METADATA_FILE})"
         else:
             try:
-                with open(metadata_path) as f:
-                    metadata = json.load(f)
+                metadata = json.loads(read_text(metadata_path, "metadata"))
             except (OSError, ValueError) as error:
-                raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {error})") from None
+                raise ValueError(f"{path}: not exported by keras-pspnet ({metadata_path}: {one_line(error)})") from None
+        check_nodes(metadata, metadata_path, limit=100_000)
         self.metadata = metadata
         try:
-            self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32)
-            self.num_classes = len(self.metadata["classes"])
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{metadata_path}: not keras-pspnet metadata (no {error})") from None
-        self.input_size = tuple(self.metadata["input_size"]) if "input_size" in self.metadata else None
+            self.mean = np.asarray(self.metadata["normalization"]["mean"], np.float32).reshape(3)
+            classes = self.metadata["classes"]
+            checked_classes([c["name"] for c in classes], [c.get("color") for c in classes], metadata_path)
+            self.num_classes = len(classes)
+            self.input_size = tuple(self.metadata["input_size"]) if "input_size" in self.metadata else None
+            own_protocol(self.metadata)  # a protocol that fails here would fail at every image
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            detail = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            raise ValueError(f"{metadata_path}: not keras-pspnet metadata ({printable(detail, 200)})") from None
+        if self.input_size is not None and (len(self.input_size) != 2 or not all(
+                isinstance(v, int) and 1 <= v <= LARGEST_SIDE for v in self.input_size)):
+            raise ValueError(f"{metadata_path}: input_size {short_repr(self.input_size)} is not (height, width)")
         self.align_corners = bool(self.metadata.get("align_corners", False))
 
 
-class SavedModelPredictor(_ExportedPredictor):
-    """An exported SavedModel (its "logits" signature)."""
+# The operations of the SavedModels `pspnet export` writes (every backbone, layout and option, TF 2.21), and kin
+# of them a later TensorFlow may write instead. A SavedModel is a program: loading one runs its operations (restore,
+# initialisers), so one from elsewhere is checked against this list before TensorFlow reads it, unless trusted.
+EXPORTED_OPS = frozenset("""
+    Abs AddV2 All ArgMax Assert AssignVariableOp AvgPool BatchToSpaceND BiasAdd BroadcastTo Cast Ceil ClipByValue
+    ConcatV2 Const Conv2D DecodeImage DecodeJpeg DecodeRaw DepthwiseConv2dNative DisableCopyOnRead Einsum Equal Exp
+    ExpandDims Fill Floor FloorDiv FloorMod GatherV2 Greater GreaterEqual Identity IdentityN Less LessEqual Log
+    LogSoftmax LogicalAnd LogicalNot LogicalOr MatMul Max MaxPool Maximum Mean MergeV2Checkpoints Min Minimum Mul Neg
+    NoOp NotEqual OnesLike Pack Pad PadV2 PartitionedCall Placeholder Pow Prod RaggedTensorFromVariant
+    RaggedTensorToVariant Range ReadVariableOp RealDiv Relu Relu6 Reshape ResizeBilinear RestoreV2 Round Rsqrt SaveV2
+    Select SelectV2 Shape ShardedFilename Sigmoid Size Slice Softmax SpaceToBatchND Split SplitV Sqrt Square Squeeze
+    StatefulPartitionedCall StatelessCase StatelessIf StatelessWhile StaticRegexFullMatch StopGradient StridedSlice
+    StringJoin Sub Substr Sum Tanh TensorListFromTensor TensorListGetItem TensorListReserve TensorListSetItem
+    TensorListStack Tile Transpose Unpack VarHandleOp Where ZerosLike""".split())
+SIGNATURES = ("serving_default", "encoded", "logits")
+MAX_GRAPH_BYTES = 256 * 2**20  # saved_model.pb holds the graph; the weights are in variables/
 
-    def __init__(self, path: str):
+
+def check_saved_model(path: str) -> None:
+    """Refuses, in one line, a SavedModel that `pspnet export` did not write, before TensorFlow loads it: its
+    graph is read as data and must have our signatures and only the operations our exports use."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    hint = ("a SavedModel is a program that runs its own operations when loaded; if you trust its source, pass "
+            "trust_model=True (--trust-model)")
+    graph = saved_model_pb2.SavedModel()
+    try:
+        graph.ParseFromString(read_bytes(os.path.join(path, "saved_model.pb"), MAX_GRAPH_BYTES, "SavedModel graph"))
+    except DecodeError:
+        raise ValueError(f"{path}: saved_model.pb is not a SavedModel graph") from None
+    if len(graph.meta_graphs) != 1:
+        raise ValueError(f"{path}: {len(graph.meta_graphs)} graphs, not the one of `pspnet export`; {hint}")
+    meta_graph = graph.meta_graphs[0]
+    missing = [name for name in SIGNATURES if name not in meta_graph.signature_def]
+    if missing:
+        raise ValueError(f"{path}: not exported by keras-pspnet (no {', '.join(missing)} signature); {hint}")
+    ops = {node.op for node in meta_graph.graph_def.node}
+    ops.update(node.op for function in meta_graph.graph_def.library.function for node in function.node_def)
+    foreign = sorted(ops - EXPORTED_OPS)
+    if foreign:
+        raise ValueError(f"{path}: runs operations keras-pspnet's exports do not ({printable(', '.join(foreign[:8]))}"
+                         f"{', ...' if len(foreign) > 8 else ''}); {hint}")
+
+
+class SavedModelPredictor(_ExportedPredictor):
+    """An exported SavedModel (its "logits" signature). One that `pspnet export` did not write is refused before
+    it is loaded (`check_saved_model`), unless `trust_model`."""
+
+    def __init__(self, path: str, trust_model: bool = False):
         import tensorflow as tf
 
         super().__init__(path, os.path.join(path, "assets.extra", METADATA_FILE))
+        if not trust_model:
+            check_saved_model(path)
         try:
             signatures = tf.saved_model.load(path).signatures
         except Exception as error:  # a broken or foreign file: protobuf, OpError, ... with pages of detail
@@ -109,7 +169,10 @@ class TFLitePredictor(_ExportedPredictor):
         from keras_pspnet.tflite import LAYOUTS, packed_json
 
         super().__init__(path, os.path.splitext(path)[0] + ".json", packed_json(path))
-        self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+        try:
+            self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+        except (ValueError, RuntimeError) as error:  # LiteRT's words for a damaged file: "Could not open", ...
+            raise ValueError(f"{path}: not a TFLite model, or a damaged one ({one_line(error)[:160]})") from None
         shape = tuple(self.runner.get_input_details()["images"]["shape"])
         if self.input_size != shape[1:3]:
             raise ValueError(f"{path}: takes {shape[1]}x{shape[2]} images, its metadata says {self.input_size}")
@@ -141,11 +204,14 @@ def as_predictor(model):
     return KerasPredictor(model) if isinstance(model, keras.Model) else model
 
 
-def load_predictor(path: str):
-    """A predictor for a .keras file, a SavedModel (or TF Serving base directory: its latest version) or a .tflite."""
+def load_predictor(path: str, trust_model: bool = False):
+    """A predictor for a .keras file, a SavedModel (or TF Serving base directory: its latest version) or a .tflite.
+
+    A SavedModel that `pspnet export` did not write is refused before it is loaded unless `trust_model`: loading a
+    SavedModel runs its operations (see `check_saved_model`).
+    """
     if path.endswith(".tflite"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: model not found")
+        regular_file(path, "model")
         return TFLitePredictor(path)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -153,7 +219,7 @@ def load_predictor(path: str):
             if not versions:
                 raise ValueError(f"{path}: neither a SavedModel nor a TF Serving model directory")
             path = os.path.join(path, str(versions[0]))
-        return SavedModelPredictor(path)
+        return SavedModelPredictor(path, trust_model)
     from keras_pspnet.model import load_model
 
     return KerasPredictor(load_model(path))

@@ -18,6 +18,7 @@ import zipfile
 import flatbuffers
 import numpy as np
 
+from keras_pspnet.files import MAX_TEXT_BYTES
 from keras_pspnet.predictors import METADATA_FILE as JSON_FILE  # our metadata, packed into the .tflite too
 
 LABELS_FILE = "labels.txt"  # one class name per line: MediaPipe's `labels`, LiteRT support library's label map
@@ -237,13 +238,18 @@ def populate(tree, meta: dict, layout: str, description: str, version: str) -> b
 
 
 def packed_json(path: str) -> dict | None:
-    """The metadata JSON packed into a .tflite by `populate`, or None (a .tflite without it)."""
+    """The metadata JSON packed into a .tflite by `populate`, or None (a .tflite without it); its size is checked
+    before it is inflated (MAX_TEXT_BYTES)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            text = archive.read(JSON_FILE)
+            info = archive.getinfo(JSON_FILE)
+            if info.file_size > MAX_TEXT_BYTES:
+                raise ValueError(f"{path}: its packed {JSON_FILE} inflates to {info.file_size:,} bytes, more than "
+                                 f"metadata has ({MAX_TEXT_BYTES:,})")
+            text = archive.read(info)
     except (zipfile.BadZipFile, KeyError):
         return None
     try:
         return json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{path}: its packed {JSON_FILE} is not JSON ({error})") from None
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path}: its packed {JSON_FILE} is not JSON ({str(error)[:120]})") from None

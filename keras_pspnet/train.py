@@ -352,7 +352,7 @@ def _read_metrics(path: str) -> list:
     if not os.path.exists(path):
         return []
     try:
-        metrics = json.loads(read_text(path, "metrics file"))
+        metrics = json.loads(read_text(path, "metrics"))
     except ValueError as error:
         raise ValueError(f"{path}: damaged ({one_line(error)[:120]}); move it away to resume (its record of the "
                          "evaluations so far is then lost)") from None

@@ -29,8 +29,25 @@ def test_bad_configs_are_clear(tmp_path, text, overrides, message):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml: cannot read config"):
+    with pytest.raises(FileNotFoundError, match="nope.yaml: config not found"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+BILLION_LAUGHS = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)] + ["crop_size: *i"])
+
+
+def test_hostile_config_files_are_refused_in_one_line(tmp_path):
+    """663 bytes of nested YAML anchors stand for 9**9 values: the error message used to repr them (8.5 GB)."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 700
+    with pytest.raises(ValueError, match=r"laughs.yaml: expands to more than 10,000 values"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match="/dev/zero: a pipe, device or socket"):
+        load_config("/dev/zero")
+    with pytest.raises(ValueError, match=r"^config: model: expected a mapping, got \[\[\[\[...\]\]\]\]$"):
+        load_config(None, ["model=" + "[" * 100 + "]" * 100])
 
 
 def test_shipped_configs_load_and_state_their_reference():
@@ -91,11 +108,24 @@ def test_values_take_their_field_type():
     ("num_classes=0", "num_classes must be >= 1"),
     ("augment.recipe=mmsegmentation", "augment.recipe: expected one of ['semseg', 'mmseg']"),
     ("augment.rotate_prob=2", "augment.rotate_prob: expected a probability in [0, 1]"),
+    ("learning_rate=.nan", "learning_rate: expected a finite number, got nan"),
+    ("learning_rate=inf", "learning_rate: expected a finite number, got 'inf'"),
+    ("augment.scale=[0.5, 1e999]", "augment.scale: expected a finite number"),
 ])
 def test_bad_values_are_refused_in_one_line(override, message):
     with pytest.raises(ValueError) as error:
         load_config(None, [override])
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_settings_that_would_pass_silently_are_refused():
+    from keras_pspnet.data import load_source
+
+    assert load_config(None, ["eval_every=10"]).val_split == "validation"
+    with pytest.raises(ValueError, match="eval_every 10 needs a val_split to evaluate on"):
+        load_config(None, ["eval_every=10", "val_split=null"])
+    with pytest.raises(ValueError, match=r"num_classes 5: context has 4 classes \(num_classes is for folder datasets"):
+        load_source("context", "train", num_classes=5)
 
 
 def test_refused_run_writes_nothing(tmp_path):

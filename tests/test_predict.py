@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -194,10 +195,210 @@ def test_read_image_gives_the_upright_pixels_viewers_show(tmp_path, kind):
 def test_read_image_errors_name_the_file(tmp_path):
     from keras_pspnet.predict import read_image
 
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/none.png: no such file"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/none.png: image not found"):
         read_image(str(tmp_path / "none.png"))
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match=f"{tmp_path}/notes.png: not an image"):
         read_image(str(tmp_path / "notes.png"))
-    with pytest.raises(ValueError, match=f"{tmp_path}: not an image"):
+    with pytest.raises(ValueError, match=f"{tmp_path}: a folder .expected a regular image file."):
         read_image(str(tmp_path))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels, with a few bytes of data: a decompression bomb as a
+    reader of headers sees it (a real one inflates to that size; this one would fail after allocating it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + \
+        chunk(b"IEND", b"")
+
+
+def test_hostile_images_are_refused_before_anything_is_decoded(tmp_path, capsys):
+    """A 20000x20000 PNG of a few kB (PIL's decompression-bomb limit, applied to TensorFlow's decoder), /dev/zero and
+    a named pipe (reading either never ends) are refused by name, in one line each; the other images are done."""
+    import resource
+    import threading
+
+    from keras_pspnet.predict import predict_files
+
+    bomb, pipe, good = tmp_path / "bomb.png", tmp_path / "pipe.png", tmp_path / "good.png"
+    bomb.write_bytes(png_declaring(20000, 20000))
+    os.mkfifo(pipe)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    done = threading.Event()
+
+    def unblock():  # were the pipe opened for reading, the test would hang: this makes it fail instead
+        if not done.wait(20):
+            with open(pipe, "wb"):
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    paths = [str(bomb), "/dev/zero", str(pipe), str(good)]
+    try:
+        failed = predict_files(ChannelPredictor(), paths, str(tmp_path / "out"), CLASS_SETS["context"])
+    finally:
+        done.set()
+    assert failed == paths[:3] and os.path.exists(tmp_path / "out" / "good_label.png")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**28  # nothing near 1.2 GB
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (not the progress bar)
+    assert errors == [f"pspnet: error: {bomb}: 20000x20000 is 400.0 megapixels, more than the 89.5 allowed (a "
+                      "decompression bomb? --max-pixels raises the limit)",
+                      "pspnet: error: /dev/zero: a pipe, device or socket (expected a regular image file)",
+                      f"pspnet: error: {pipe}: a pipe, device or socket (expected a regular image file)"]
+    # allowed by --max-pixels, the same image is weighed by the memory its inference needs, still before decoding
+    assert predict_files(ChannelPredictor(), [str(bomb)], str(tmp_path / "out"), CLASS_SETS["context"],
+                         max_pixels=0, max_memory=4 * 2**30) == [str(bomb)]
+    assert re.fullmatch(rf"pspnet: error: {bomb}: 20000x20000 under native: whole image needs about \d+\.\d GiB, more "
+                        r"than the 4.0 GiB allowed \(--max-memory\)\n", capsys.readouterr().err)
+
+
+def test_memory_is_checked_before_inference_with_the_machines_limit(monkeypatch):
+    from keras_pspnet import inference
+    from keras_pspnet.protocol import TestProtocol
+
+    image = np.zeros((600, 800, 3), np.uint8)
+    needed = inference.memory_needed(ChannelPredictor(), 600, 800, TestProtocol())
+    assert 600 * 800 * 19 < needed < 2**30
+    monkeypatch.setattr(inference, "available_memory", lambda: needed - 1)
+    with pytest.raises(inference.MemoryLimitError, match=r"available on this machine \(--max-memory overrides\)"):
+        inference.predict_labels(ChannelPredictor(), image)
+    assert inference.predict_labels(ChannelPredictor(), image, max_memory=needed).shape == (600, 800)
+    multi = TestProtocol("mmseg", (1600, 1200), scales=(1.0, 2.0), flip=True)  # maps held whole, per mirror
+    assert inference.memory_needed(ChannelPredictor(), 600, 800, multi) > 5 * 1600 * 1200 * 4 * 4 * 2
+
+
+def test_sizes_that_exhaust_memory_and_broken_models_are_one_line(setup, tmp_path, capsys):
+    """--resize 0x0 and -5 are usage errors; --resize 30000x30000, or a protocol of that size in a .tflite's JSON,
+    is refused before it runs; a .tflite with a 16 MiB JSON packed in, or a damaged one, is named."""
+    import json
+    import shutil
+    import warnings
+    import zipfile
+
+    from keras_pspnet.cli import main
+    from keras_pspnet.files import MAX_TEXT_BYTES
+
+    _, images, _, _, tflite, _ = setup
+    out = str(tmp_path / "out")
+    for resize, message in [("0x0", "resize must be a long side or (long, short), integers in 1-32768, got (0, 0)"),
+                            ("-5", "resize must be a long side or (long, short), integers in 1-32768, got -5")]:
+        assert main(["predict", "--model", tflite, images[0], "--out", out, "--resize", resize]) == 2
+        assert capsys.readouterr().err == f"pspnet: error: {message}\n"
+    assert main(["predict", "--model", tflite, images[0], "--out", out, "--protocol", "mmseg", "--resize",
+                 "30000x30000", "--mode", "slide", "--max-memory", "8"]) == 1
+    assert "30000x30000 needs about" not in (err := capsys.readouterr().err) and err.count("\n") == 1
+    assert f"{images[0]}: 96x96 under mmseg: keep-ratio resize to 30000x30000, slide 96x96 stride 64x64 needs " \
+           "about" in err and "more than the 8.0 GiB allowed (--max-memory)" in err
+    resized = str(tmp_path / "resized.tflite")
+    shutil.copy(tflite, resized)
+    meta = json.loads(zipfile.ZipFile(tflite).read("pspnet.json"))
+    meta["protocol"] = {"style": "mmseg", "resize": [30000, 30000], "mode": "slide", "crop": [96, 96]}
+    with warnings.catch_warnings(), zipfile.ZipFile(resized, "a") as archive:  # the last of a name is the one read
+        warnings.simplefilter("ignore")
+        archive.writestr("pspnet.json", json.dumps(meta))
+    assert main(["predict", "--model", resized, images[0], "--out", out, "--max-memory", "8"]) == 1
+    assert "keep-ratio resize to 30000x30000" in capsys.readouterr().err
+    huge = str(tmp_path / "huge.tflite")
+    shutil.copy(tflite, huge)
+    with warnings.catch_warnings(), zipfile.ZipFile(huge, "a", zipfile.ZIP_DEFLATED) as archive:
+        warnings.simplefilter("ignore")
+        archive.writestr("pspnet.json", b" " * (MAX_TEXT_BYTES + 1))
+    assert os.path.getsize(huge) < os.path.getsize(tflite) + 2**20
+    assert main(["predict", "--model", huge, images[0], "--out", out]) == 2
+    assert capsys.readouterr().err == f"pspnet: error: {huge}: its packed pspnet.json inflates to 16,777,217 " \
+        "bytes, more than metadata has (16,777,216)\n"
+    damaged = str(tmp_path / "damaged.tflite")
+    with open(tflite, "rb") as f:
+        content = bytearray(f.read())
+    content[4:8] = b"XXXX"  # the flatbuffer's file identifier
+    open(damaged, "wb").write(bytes(content))
+    assert main(["predict", "--model", damaged, images[0], "--out", out]) == 2
+    assert capsys.readouterr().err.startswith(f"pspnet: error: {damaged}: not a TFLite model, or a damaged one (")
+
+
+def test_outputs_are_never_written_through_links(tmp_path, capsys):
+    """A dangling link where an output goes would have been written through to a file anywhere; with --force a
+    link to a user's file replaced that file. Links are refused, and nothing outside --out is touched."""
+    from keras_pspnet.predict import predict_files
+
+    image = tmp_path / "in" / "scene.png"
+    image.parent.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    out, precious = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    precious.write_text("the user's file")
+    os.symlink(tmp_path / "elsewhere.png", out / "scene_label.png")  # dangling
+    os.symlink(precious, out / "scene_color.png")
+    for force in (False, True):
+        assert predict_files(ChannelPredictor(), [str(image)], str(out), CLASS_SETS["context"], force=force) == [
+            str(image)]
+        assert f"{out / 'scene_label.png'}: is a symbolic link; outputs are not written through links" in \
+            capsys.readouterr().err
+    assert not os.path.lexists(tmp_path / "elsewhere.png") and precious.read_text() == "the user's file"
+    os.remove(out / "scene_label.png")
+    assert predict_files(ChannelPredictor(), [str(image)], str(out), CLASS_SETS["context"], force=True) == [str(image)]
+    assert f"{out / 'scene_color.png'}: is a symbolic link" in capsys.readouterr().err
+    assert precious.read_text() == "the user's file"
+    # a folder of mirrored outputs that is a link out of --out
+    twins = [tmp_path / "in" / folder / "0001.png" for folder in ("a", "b")]
+    for twin in twins:
+        twin.parent.mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(twin)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", out / "a")
+    failed = predict_files(ChannelPredictor(), [str(t) for t in twins], str(out), CLASS_SETS["context"])
+    assert failed == [str(twins[0])] and os.listdir(tmp_path / "outside") == []
+    assert f"{out / 'a' / '0001_label.png'}: its folder leads outside {out} through a symbolic link" in \
+        capsys.readouterr().err
+
+
+def test_foreign_saved_models_are_refused_before_they_are_loaded(setup, tmp_path, capsys):
+    """Loading a SavedModel runs its operations: one `pspnet export` did not write is refused, read as data,
+    unless --trust-model says its source is trusted."""
+    import shutil
+
+    import tensorflow as tf
+
+    from keras_pspnet.cli import main
+    from keras_pspnet.predictors import load_predictor
+
+    _, images, _, saved, _, _ = setup
+    marker = tmp_path / "written"
+
+    class Foreign(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def logits(self, images):
+            tf.io.write_file(str(marker), "ran")  # any operation of the file's choosing
+            return {"logits": tf.tile(images[..., :1], [1, 1, 1, 4])}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def pixels(self, images):
+            return {"class_map": tf.zeros(tf.shape(images)[:3], tf.int32)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def encoded(self, image_bytes):
+            return {"class_map": tf.zeros([tf.size(image_bytes), 1, 1], tf.int32)}
+
+    module = Foreign()
+    foreign = str(tmp_path / "foreign")
+    tf.saved_model.save(module, foreign, signatures={"logits": module.logits, "serving_default": module.pixels,
+                                                      "encoded": module.encoded})
+    shutil.copytree(os.path.join(saved, "assets.extra"), os.path.join(foreign, "assets.extra"))  # our metadata
+    assert main(["predict", "--model", foreign, images[0], "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"pspnet: error: {foreign}: runs operations keras-pspnet's exports do not " \
+        "(WriteFile); a SavedModel is a program that runs its own operations when loaded; if you trust its source, " \
+        "pass trust_model=True (--trust-model)\n"
+    tf.saved_model.save(module, foreign + "2", signatures={"logits": module.logits})
+    shutil.copytree(os.path.join(saved, "assets.extra"), os.path.join(foreign + "2", "assets.extra"))
+    with pytest.raises(ValueError, match="not exported by keras-pspnet .no serving_default, encoded signature."):
+        load_predictor(foreign + "2")
+    assert not marker.exists()
+    trusted = load_predictor(foreign, trust_model=True)  # the user's explicit word
+    assert trusted.predict_on_batch(np.ones((1, 4, 4, 3), np.float32)).shape == (1, 4, 4, 4)
+    assert load_predictor(saved).num_classes == 4  # ours pass the check

@@ -123,7 +123,7 @@ def read_classes(root: str, filename: str = "classes.json",
     if not os.path.exists(path):
         return None
     try:
-        entries = json.loads(read_text(path, "classes file"))
+        entries = json.loads(read_text(path, "classes"))
         entries = entries["classes"] if isinstance(entries, dict) else entries
         if not isinstance(entries, list):
             raise TypeError(f"a list of classes, not {type(entries).__name__}")
