@@ -444,11 +444,22 @@ def main(argv: list[str] | None = None) -> int:
         from keras_pspnet.console import import_tensorflow_quietly
 
         import_tensorflow_quietly()
+    if args.verbose or args.command in LIGHT_COMMANDS:
+        return _run(args)
+    from keras_pspnet.console import native_logs_filtered
+
+    with native_logs_filtered():  # TensorFlow's, libjpeg's and LiteRT's lines: --verbose shows them
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return args.run(args) or 0
-    except KeyboardInterrupt:
-        print("pspnet: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        resume = " (a run resumes from its last checkpoint when the same command runs again)" \
+            if args.command == "train" else ""
+        print(f"pspnet: interrupted{f' by {error}' if str(error) else ''}{resume}", file=sys.stderr)
+        return _exit_now(130) if getattr(error, "exit_now", False) else 130
     except Exception as error:  # one line, never a traceback from deep inside TensorFlow (--verbose shows it)
         if args.verbose:
             raise
@@ -456,7 +467,15 @@ def main(argv: list[str] | None = None) -> int:
 
         expected = isinstance(error, (ValueError, OSError, ImportError))
         report(one_line(error) + ("" if expected else " (--verbose for the traceback)"))
-        return 2
+        return _exit_now(2) if getattr(error, "exit_now", False) else 2
+
+
+def _exit_now(code: int) -> int:
+    """Ends the process at once (a cluster error: a TensorFlow thread may be blocked in C++ and would hold up the
+    interpreter's shutdown forever), after flushing what was said."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class TrainConfig:
     augment: dict = dataclasses.field(default_factory=dict)  # overrides of the dataset's defaults
     mixed_precision: str | None = None  # null, mixed_float16 or mixed_bfloat16
     distribute: str = "auto"  # auto, none, mirrored, multi_worker
+    cluster_timeout: float = 300.0  # multi_worker: seconds to wait for every worker of TF_CONFIG to join
     checkpoint_every: int = 500
     eval_every: int | None = None  # steps; null: evaluate once at the end
     eval_mode: str = "whole"  # whole or slide, windows of crop_size
@@ -114,7 +115,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
         value = getattr(config, key)
         if value is not None and min(value if key == "crop_size" else [value]) < 1:
             raise ValueError(f"{origin}: {key} must be >= 1, got {value}")
-    for key in ("learning_rate", "min_learning_rate", "weight_decay", "head_lr_mult", "aux_weight", "lr_power"):
+    for key in ("learning_rate", "min_learning_rate", "weight_decay", "head_lr_mult", "aux_weight", "lr_power",
+                "cluster_timeout"):
         if getattr(config, key) < 0:
             raise ValueError(f"{origin}: {key} must be >= 0, got {getattr(config, key)}")
     if not 0 <= config.momentum < 1:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import sys
+import threading
 
 
 def one_line(error: BaseException) -> str:
@@ -59,6 +61,59 @@ def native_output_hidden(descriptors: tuple[int, ...] = (1, 2)):
             os.close(copy)
         if null is not None:
             os.close(null)
+
+
+# What native libraries write to stderr past Python: absl/TensorFlow log records ("E0000 00:00:... file.cc:12] ..."
+# with their continuation lines), absl's pre-init notice, libjpeg's warnings on recoverable JPEGs, LiteRT's delegate
+# notice and the CPU-feature note.
+NATIVE_NOISE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
+                          rb"absl|Corrupt JPEG data|Premature end of JPEG|INFO: Created TensorFlow Lite|To enable the "
+                          rb"following instructions)")
+
+
+@contextlib.contextmanager
+def native_logs_filtered():
+    """While the block runs, what native code writes to stderr (file descriptor 2) passes through a thread that drops
+    NATIVE_NOISE records (a record's continuation lines with it: one write is one record) and forwards the rest;
+    Python's own `sys.stderr` writes straight to the terminal. For the command line: descriptors are the process's.
+    """
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # replaced (a test's capture): native output is not ours to sort
+        real = False
+    if not real:
+        yield
+        return
+    _flush_all()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    python_stderr = sys.stderr
+    sys.stderr = open(os.dup(terminal), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                      errors="backslashreplace")
+
+    def forward():
+        while chunk := os.read(read_end, 1 << 16):
+            dropping = False
+            for line in chunk.splitlines(keepends=True):
+                dropping = dropping or bool(NATIVE_NOISE.match(line))
+                if not dropping:
+                    os.write(terminal, line)
+
+    thread = threading.Thread(target=forward, name="keras-pspnet stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        _flush_all()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)  # the pipe's last writer here: the thread sees its end (unless a child still holds it)
+        thread.join(timeout=2)
+        os.close(terminal)
+        if not thread.is_alive():
+            os.close(read_end)
 
 
 def import_tensorflow_quietly() -> None:

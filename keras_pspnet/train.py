@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_pspnet.cluster import lost_worker, multi_worker_strategy
 from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.console import one_line
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
@@ -44,9 +45,10 @@ CACHED_SHUFFLE = 1 << 16  # a cached dataset is shuffled whole (it is small, and
 _STRATEGIES: dict[str, tf.distribute.Strategy] = {}
 
 
-def make_strategy(kind: str) -> tf.distribute.Strategy:
+def make_strategy(kind: str, cluster_timeout: float = 300.0) -> tf.distribute.Strategy:
     """none: the default strategy; mirrored: all local GPUs (or all logical CPUs when there is no GPU);
-    multi_worker: the cluster in TF_CONFIG; auto: multi_worker with TF_CONFIG, mirrored with 2+ GPUs, else none.
+    multi_worker: the cluster in TF_CONFIG, once every worker has joined (within `cluster_timeout` seconds; see
+    `keras_pspnet.cluster`); auto: multi_worker with TF_CONFIG, mirrored with 2+ GPUs, else none.
 
     One strategy of each kind per process: a second MirroredStrategy numbers its collective ops from the start
     again, and the first run's ops of those numbers make the second's synchronised batch norms fail ("Shape
@@ -61,7 +63,7 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     if kind not in _STRATEGIES:
         if kind == "multi_worker":
-            _STRATEGIES[kind] = tf.distribute.MultiWorkerMirroredStrategy()
+            _STRATEGIES[kind] = multi_worker_strategy(cluster_timeout)
         else:
             devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
             _STRATEGIES[kind] = tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -201,7 +203,8 @@ def train(config: TrainConfig, run_dir: str, *, resume: bool = False, verbose: b
 
 def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> dict:
     check_run_directory(run_dir, config, resume)
-    strategy = make_strategy(config.distribute)
+    strategy = make_strategy(config.distribute, config.cluster_timeout)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     out = RunDirectory(run_dir, strategy)
     _, info = _load_source(config, config.train_split, num_classes=config.num_classes)
     val_source = None
@@ -272,13 +275,17 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         try:  # the batch is fetched apart from the step: an error here is the input's, never the model's
             images, masks = next(iterator)
         except tf.errors.OpError as error:  # a file that decodes badly, say
-            single_worker = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)  # saving is collective
-            if single_worker and step - 1 > start and (step - 1) % config.checkpoint_every:
+            if not multi_worker and step - 1 > start and (step - 1) % config.checkpoint_every:  # saving is collective
                 manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
             raise _input_error(config, error) from None
         logged = step % config.log_every == 0 or step == config.steps
         rate = float(optimizer.learning_rate) if logged else None  # this step's rate (read before it counts)
-        loss = float(step_fn(images, masks))
+        try:
+            loss = float(step_fn(images, masks))
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            if not multi_worker:
+                raise
+            raise lost_worker(error, step, manager.latest_checkpoint) from None  # its peers' collectives abort
         if not np.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss}; lower learning_rate or check the labels.")
         if logged:

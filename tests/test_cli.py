@@ -92,9 +92,11 @@ def test_foreign_and_broken_models_are_one_line_errors(tmp_path):
     (tmp_path / "image.png").write_bytes(b"")
     expected = {
         "foreign": f"{foreign}: not exported by keras-pspnet",
-        "no logits": f"{foreign}: has no 'logits' signature (signatures: ['serving_default'])",
-        "bad metadata": f"{foreign / 'assets.extra' / METADATA_FILE}: not keras-pspnet metadata (no 'normalization')",
-        "broken": f"{foreign}: cannot load the SavedModel",
+        "no logits": f"{foreign}: not exported by keras-pspnet (no encoded, logits signature); a SavedModel is a "
+                     "program that runs its own operations when loaded",
+        "bad metadata": f"{foreign / 'assets.extra' / METADATA_FILE}: not keras-pspnet metadata (KeyError: "
+                        "'normalization')",
+        "broken": f"{foreign}: saved_model.pb is not a SavedModel graph",
     }
     for case, message in expected.items():
         if case == "no logits":

@@ -115,6 +115,68 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-2.index"))
 
 
+def worker(index, workers, run_dir, *settings, **popen):
+    """`pspnet train` as worker `index` of a TF_CONFIG cluster of `workers`, started in the background."""
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    overrides = [a for s in TINY + list(settings) for a in ("--set", s)]
+    return subprocess.Popen(pspnet("train", "--out", run_dir, *overrides), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}, **popen)
+
+
+def test_unreachable_workers_are_named_and_signals_are_honoured(tmp_path):
+    """TensorFlow waited for an unreachable worker silently, forever, ignoring SIGTERM and SIGINT."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    own = f"127.0.0.1:{free_port()}"
+    started = time.time()
+    alone = worker(0, workers, str(tmp_path / "a"), "cluster_timeout=3")
+    waiting = worker(0, [own, workers[1]], str(tmp_path / "b"), "cluster_timeout=600")
+    _, err = alone.communicate(timeout=120)
+    assert alone.returncode == 2 and time.time() - started < 60
+    assert err == f"pspnet: error: TF_CONFIG: worker 1 ({workers[1]}) did not answer within 3 s (cluster_timeout); " \
+        "start every worker with its TF_CONFIG index, or correct the address, and run the same command again\n"
+    host, port = own.split(":")
+    while True:  # it waits for worker 1, listening on its own port so that worker 1 would see it
+        assert waiting.poll() is None and time.time() - started < 120
+        with socket.socket() as probe:
+            if probe.connect_ex((host, int(port))) == 0:
+                break
+        time.sleep(0.2)
+    waiting.send_signal(signal.SIGTERM)
+    _, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130 and err.strip().splitlines()[-1] == (
+        "pspnet: interrupted by SIGTERM (a run resumes from its last checkpoint when the same command runs again)")
+
+
+def test_a_lost_worker_is_named_and_the_run_resumes(tmp_path):
+    """The survivor of a killed worker says which one went and how to resume, in one line, within seconds."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    run_dir = str(tmp_path / "run")
+    processes = [worker(i, workers, run_dir, "steps=10000", "checkpoint_every=2", "log_every=10000") for i in (0, 1)]
+    deadline = time.time() + 300
+    while latest_step(os.path.join(run_dir, "checkpoints")) < 2:
+        assert all(p.poll() is None for p in processes) and time.time() < deadline, processes[0].stderr.read()
+        time.sleep(0.2)
+    processes[1].kill()
+    killed = time.time()
+    _, err = processes[0].communicate(timeout=120)
+    assert processes[0].returncode == 2 and time.time() - killed < 60
+    assert re.fullmatch(rf"pspnet: error: worker 1 \({workers[1]}\) stopped answering at step \d+ "
+                        r"\(UnavailableError\); restart every worker with the same command: the run resumes from its last checkpoint "
+                        r"\(ckpt-\d+\)\n", err), err
+    processes[1].communicate()
+
+
+def test_tf_config_that_is_not_json_is_named(monkeypatch):
+    from keras_pspnet.cluster import tf_config
+
+    for text, message in [("{cluster: [", "TF_CONFIG is not JSON"),
+                          ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+                           'TF_CONFIG: "task" must name a job of the cluster')]:
+        monkeypatch.setenv("TF_CONFIG", text)
+        with pytest.raises(ValueError, match=message):
+            tf_config()
+
+
 def latest_step(checkpoint_dir):
     """The step of the checkpoint the manager's state file names (0 before the first)."""
     import tensorflow as tf
@@ -302,6 +364,36 @@ def test_finished_run_is_not_overwritten(tmp_path, capsys):
     os.remove(os.path.join(other, "final.keras"))  # an unfinished run
     with pytest.raises(ValueError, match="different config \\(learning_rate differ\\)"):
         train(load_config(None, TINY + ["steps=4", "checkpoint_every=2", "learning_rate=0.5"]), other, verbose=False)
+
+
+def test_interrupted_writes_and_failed_resumes_lose_nothing(tmp_path):
+    """Outputs are written beside and renamed (tests/test_files.py kills a write); a final.keras cut short (as
+    0.4 wrote it in place) is not a finished run, a damaged metrics.json is named, and a --resume whose config no
+    longer fits the checkpoint leaves config.yaml as it was, so that the run's own command still resumes it."""
+    from keras_pspnet.model import is_complete_model
+
+    run_dir = tmp_path / "run"
+    original = TINY + ["steps=4", "checkpoint_every=2", "val_split=validation", "context_scenes=4"]
+    train(load_config(None, original), str(run_dir), verbose=False)
+    with open(run_dir / "final.keras", "r+b") as f:
+        f.truncate(100)
+    assert not is_complete_model(str(run_dir / "final.keras"))
+    assert train(load_config(None, original), str(run_dir), verbose=False)["step"] == 4  # finished, not refused
+    assert is_complete_model(str(run_dir / "final.keras"))
+    assert sorted(os.listdir(run_dir)) == ["best.keras", "checkpoints", "config.yaml", "final.keras", "logs",
+                                           "metrics.json"]  # no partial files left
+    saved = (run_dir / "config.yaml").read_text()
+    wider = [s.replace("head_channels: 8", "head_channels: 16") for s in original]
+    with pytest.raises(ValueError, match=r"ckpt-4: does not fit this run's model \(the config changed the model or "
+                                         r"optimizer: .*\); the run and its config.yaml are unchanged"):
+        train(load_config(None, wider + ["steps=6"]), str(run_dir), resume=True, verbose=False)
+    assert (run_dir / "config.yaml").read_text() == saved
+    metrics = (run_dir / "metrics.json").read_text()
+    (run_dir / "metrics.json").write_text(metrics[: len(metrics) // 2])
+    with pytest.raises(ValueError, match=r"metrics.json: damaged \(.*\); move it away to resume"):
+        train(load_config(None, original + ["steps=6"]), str(run_dir), resume=True, verbose=False)
+    (run_dir / "metrics.json").write_text(metrics)
+    assert train(load_config(None, original + ["steps=6"]), str(run_dir), resume=True, verbose=False)["step"] == 6
 
 
 def test_evaluate_command(tmp_path):

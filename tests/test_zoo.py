@@ -18,7 +18,16 @@ from keras_pspnet.backbones.mobilenet_v2 import MOBILENET_V2_STAGES
 from keras_pspnet.cli import main
 from keras_pspnet.data.classes import CLASS_SETS
 from keras_pspnet.protocol import mmseg_protocol
-from tests.checkpoints import CONFIG_0X_R18, CONFIG_2020_R18_769, DATA, config_text, reference_logits, serve, sha256, zoo_entry
+from tests.checkpoints import (
+    CONFIG_0X_R18,
+    CONFIG_2020_R18_769,
+    DATA,
+    config_text,
+    reference_logits,
+    serve,
+    sha256,
+    zoo_entry,
+)
 from tests.conftest import relative_error
 
 NAME = "test_pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
