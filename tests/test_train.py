@@ -161,8 +161,8 @@ def test_a_lost_worker_is_named_and_the_run_resumes(tmp_path):
     _, err = processes[0].communicate(timeout=120)
     assert processes[0].returncode == 2 and time.time() - killed < 60
     assert re.fullmatch(rf"pspnet: error: worker 1 \({workers[1]}\) stopped answering at step \d+ "
-                        r"\(UnavailableError\); restart every worker with the same command: the run resumes from its last checkpoint "
-                        r"\(ckpt-\d+\)\n", err), err
+                        r"\(UnavailableError\); restart every worker with the same command: the run resumes from its "
+                        r"last checkpoint \(ckpt-\d+\)\n", err), err
     processes[1].communicate()
 
 
