@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from keras_pspnet.cli import main
 
@@ -49,14 +51,11 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
     from keras_pspnet import build_pspnet
 
     keras.utils.set_random_seed(0)  # whatever ran before: a random tiny model can quantise to ranges XNNPACK refuses
-    build_pspnet(3, "resnet18", base_width=4, head_channels=8).save(tmp_path / "m.keras")
+    build_pspnet(4, "resnet18", base_width=4, head_channels=8).save(tmp_path / "m.keras")
     quiet = pspnet("export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "serving"), "--warmup-size", "32x32")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.strip().splitlines() == [f"{tmp_path / 'm.keras'} -> {tmp_path / 'serving' / '1'} "
                                                  "(signatures serving_default, encoded, logits)"]
-    import numpy as np
-    from PIL import Image
-
     (tmp_path / "photos").mkdir()
     for i in range(16):  # noise: calibration ranges that are not degenerate
         pixels = np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -68,6 +67,20 @@ def test_commands_are_quiet_unless_verbose(tmp_path):
     predicted = pspnet("predict", "--model", str(tmp_path / "m.tflite"), str(tmp_path / "photos" / "0.png"),
                        "--mode", "slide", "--out", str(tmp_path / "predictions"))
     assert predicted.returncode == 0 and predicted.stderr == "", predicted.stderr  # nor LiteRT's INFO line
+    # a JPEG with stray bytes before its end marker: decoded, with libjpeg's "Corrupt JPEG data" warning on stderr
+    import io
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    (tmp_path / "stray.jpg").write_bytes(jpeg.getvalue()[:-2] + b"\x00" * 7 + b"\xff\xd9")
+    keras_model = pspnet("predict", "--model", str(tmp_path / "m.keras"), str(tmp_path / "stray.jpg"), "--out",
+                         str(tmp_path / "predictions"))
+    assert keras_model.returncode == 0 and keras_model.stderr == "", keras_model.stderr
+    assert "Corrupt JPEG data" in pspnet("predict", "--model", str(tmp_path / "m.keras"), str(tmp_path / "stray.jpg"),
+                                         "--out", str(tmp_path / "verbose"), "--verbose").stderr
+    evaluated = pspnet("evaluate", "--model", str(tmp_path / "m.keras"), "--data", "context", "--context-size", "48")
+    logged = [line for line in evaluated.stderr.splitlines() if line.strip() and "evaluating on context" not in line]
+    assert evaluated.returncode == 0 and logged == [], evaluated.stderr  # its progress bar only: no oneDNN line
     missing = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"))
     assert missing.returncode == 2 and missing.stderr == "pspnet: error: nowhere.keras: model not found\n"
     verbose = pspnet("export", "nowhere.keras", "--out", str(tmp_path / "m"), "--verbose")

@@ -204,6 +204,8 @@ def test_command_line_conversion(tmp_path, rng, capsys):
     assert main(["convert", "mmseg", path, "--out", out, "--no-align-corners", "--force"]) == 0
     assert main(["convert", "mmseg", path, "--out", out, "--align-corners", "--force"]) == 2
     assert "contradicts the config stored in the checkpoint" in capsys.readouterr().err
+    assert main(["convert", "mmseg", path, "--out", str(tmp_path / "missing" / "m.keras")]) == 2
+    assert capsys.readouterr().err == f"pspnet: error: {tmp_path / 'missing'}: no such folder for m.keras\n"  # at once
     _, semseg = semseg_checkpoint(tmp_path / "s.pth", 21)
     assert main(["convert", "semseg", semseg, "--out", str(tmp_path / "s.keras"), "--no-aux"]) == 0
     assert "21 classes (background, aeroplane, bicycle, bird, ...), no auxiliary head" in capsys.readouterr().out

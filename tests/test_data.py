@@ -140,6 +140,19 @@ def test_folder_errors_name_the_file(tmp_path):
         load_source("nowhere", "train")
 
 
+@pytest.mark.parametrize("classes,message", [
+    ([1, 2, 3], "class name 1: expected a line of printable text"),  # failed after a whole evaluation
+    (["sky", "road\x1b[31m", "car"], r"class name 'road\\x1b\[31m'"),
+    ([{"name": "sky", "color": [0, 0, 256]}, "road", "car"], r"colour \[0, 0, 256\] of 'sky': expected 3 integers"),
+    ({"classes": "sky"}, "a list of classes, not str"),
+])
+def test_classes_json_is_checked_before_anything_runs(tmp_path, classes, message):
+    root = write_folder(tmp_path, classes=["a", "b", "c"])
+    (root / "classes.json").write_text(json.dumps(classes if isinstance(classes, dict) else {"classes": classes}))
+    with pytest.raises(ValueError, match=f"{root / 'classes.json'}: .*{message}"):
+        load_source(str(root), "train")
+
+
 def test_folder_16_bit_masks(tmp_path):
     """A 16-bit mask PNG is read when its values fit 8 bits; one over 255 is refused, never wrapped (300 -> 44)."""
     from keras_pspnet.data.folder import read_mask

@@ -127,8 +127,8 @@ def read_classes(root: str, filename: str = "classes.json",
         entries = entries["classes"] if isinstance(entries, dict) else entries
         if not isinstance(entries, list):
             raise TypeError(f"a list of classes, not {type(entries).__name__}")
-        names = [e if isinstance(e, str) else e["name"] for e in entries]
-        colors = [None if isinstance(e, str) else e.get("color") for e in entries]
+        names = [e.get("name") if isinstance(e, dict) else e for e in entries]  # checked below, with the colours
+        colors = [e.get("color") if isinstance(e, dict) else None for e in entries]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         if isinstance(error, ValueError) and str(error).startswith(path):
             raise
