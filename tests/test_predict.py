@@ -76,26 +76,25 @@ def test_tflite_input_of_wrong_size(setup, tmp_path):
     assert slide.returncode == 0, slide.stderr[-2000:]
 
 
-def test_export_command_errors(setup, tmp_path):
-    _, _, _, saved, _, _ = setup
-    model_path = setup[0]
+def test_export_command_errors(setup, tmp_path, capsys):
+    from keras_pspnet.cli import main
+
     keras_file = str(tmp_path / "m.keras")
-    model_path.save(keras_file)
-    result = pspnet("export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite",
-                    "--input-size", "96x96", "--quantize", "int8")
-    assert result.returncode == 2 and "needs calibration images" in result.stderr
-    saved_with_outputs = pspnet("export", keras_file, "--out", str(tmp_path / "sm"), "--outputs", "class_map")
-    assert saved_with_outputs.returncode == 2 and saved_with_outputs.stderr == "pspnet: error: --quantize, " \
-        "--input-size, --outputs and --calibration are for --format tflite\n"
-    few = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
-                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8")
-    assert few.returncode == 2 and few.stderr == f"pspnet: error: {tmp_path / 'm8.tflite'}: int8 quantization needs " \
-        "at least 16 calibration images to set its activation ranges; the calibration data gave 8\n"
-    ok = pspnet("export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
-                "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "16",
-                "--classes", "context")
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    # as right after `pip install -e ".[cpu]"`: no tensorflow-serving-api
+    setup[0].save(keras_file)
+    assert main(["export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite", "--input-size",
+                 "96x96", "--quantize", "int8"]) == 2
+    assert "needs calibration images" in capsys.readouterr().err
+    assert main(["export", keras_file, "--out", str(tmp_path / "sm"), "--outputs", "class_map"]) == 2
+    assert capsys.readouterr().err == "pspnet: error: --quantize, --input-size, --outputs and --calibration are for " \
+        "--format tflite\n"
+    assert main(["export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
+                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8"]) == 2
+    assert capsys.readouterr().err == f"pspnet: error: {tmp_path / 'm8.tflite'}: int8 quantization needs at least " \
+        "16 calibration images to set its activation ranges; the calibration data gave 8\n"
+    assert main(["export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
+                 "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "16",
+                 "--classes", "context"]) == 0
+    # as right after `pip install -e ".[cpu]"`: no tensorflow-serving-api (a fresh process, where it is not imported)
     (tmp_path / "shim" / "tensorflow_serving").mkdir(parents=True)
     (tmp_path / "shim" / "tensorflow_serving" / "__init__.py").write_text("raise ImportError('not installed')")
     served = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--classes", "context",
@@ -103,9 +102,9 @@ def test_export_command_errors(setup, tmp_path):
     assert served.returncode == 0, served.stderr[-2000:]
     warmup = tmp_path / "serving" / "pspnet" / "1" / "assets.extra" / "tf_serving_warmup_requests"
     assert sum(1 for _ in __import__("tensorflow").data.TFRecordDataset(str(warmup))) == 6
-    again = pspnet("export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1",
-                   "--classes", "context")
-    assert again.returncode == 2 and "version 1 already exists" in again.stderr
+    assert main(["export", keras_file, "--out", str(tmp_path / "serving" / "pspnet"), "--version", "1", "--classes",
+                 "context"]) == 2
+    assert "version 1 already exists" in capsys.readouterr().err
 
 
 def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_path, capsys):

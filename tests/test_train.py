@@ -22,71 +22,6 @@ TINY = ["dataset=context", "context_scenes=8", "context_size=64", "crop_size=[64
         "val_split=null", "log_every=1"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
-MIRRORED = """
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import json, sys, keras, numpy as np
-from keras_pspnet import build_pspnet
-from keras_pspnet.config import TrainConfig
-from keras_pspnet.losses import SegmentationCrossEntropy
-from keras_pspnet.model import head_lr_multipliers
-from keras_pspnet.optimizers import SGD
-from keras_pspnet.train import make_optimizer, make_strategy, make_train_step, training_loss
-
-keras.utils.set_random_seed(0)  # the same initial weights in every session: the tolerance below is for rounding
-rng = np.random.default_rng(0)
-images = rng.uniform(0, 255, (4, 48, 48, 3)).astype("float32")
-masks = rng.integers(0, 3, (4, 48, 48)).astype("uint8")
-masks[0, :30] = 255  # the replicas see different numbers of labelled pixels
-build = lambda sync: build_pspnet(3, "resnet18", stages=3, base_width=4, head_channels=8, aux_channels=4,
-                                  aux_head=True, dropout=0.0, sync_batchnorm=sync)
-initial = build(False).get_weights()
-config = TrainConfig(steps=10, learning_rate=0.1, head_lr_mult=10.0, weight_decay=1e-3)
-
-def fit(strategy):
-    with strategy.scope():
-        model = build(strategy.num_replicas_in_sync > 1)
-        model.set_weights(initial)
-        loss = SegmentationCrossEntropy()
-        optimizer = SGD(0.1, momentum=0.9, weight_decay=1e-3, lr_multipliers=head_lr_multipliers(model, 10))
-        model.compile(optimizer=optimizer, loss={"logits": loss, "aux": loss},
-                      loss_weights={"logits": 1.0, "aux": 0.4})
-    model.fit(images, {"logits": masks, "aux": masks}, batch_size=4, epochs=2, shuffle=False, verbose=0)
-    return model.get_weights()
-
-def loop(strategy):
-    with strategy.scope():
-        model = build(strategy.num_replicas_in_sync > 1)
-        model.set_weights(initial)
-        optimizer = make_optimizer(config, model)
-        optimizer.build(model.trainable_variables)
-    data = tf.data.Dataset.from_tensors((images, masks)).repeat()
-    iterator = iter(strategy.experimental_distribute_dataset(data))
-    step = make_train_step(model, optimizer, training_loss(config, 255), strategy)
-    losses = [float(step(*next(iterator))) for _ in range(2)]
-    return model.get_weights(), losses
-
-def distance(a, b):  # relative, floored: conv biases before BN get ~zero gradients and stay ~zero
-    return max(float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-3)) for x, y in zip(a, b))
-
-single, mirrored = tf.distribute.get_strategy(), make_strategy("mirrored")
-(one, one_losses), (two, two_losses) = loop(single), loop(mirrored)
-print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "fit": distance(fit(single), fit(mirrored)),
-                  "loop": distance(one, two), "moved": distance(initial, one), "losses": [one_losses, two_losses]}))
-"""
-
-
-def test_two_replicas_give_the_update_of_one_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, env=ENV, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["replicas"] == 2
-    assert figures["moved"] > 1e-3  # the steps really changed the weights
-    assert figures["fit"] < 1e-4 and figures["loop"] < 1e-4
-    np.testing.assert_allclose(*figures["losses"], rtol=1e-5)
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -239,15 +174,12 @@ def test_sigkill_resume_export(tmp_path, policy):
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     trained = {v.path: v.numpy() for v in trained.weights}  # the last checkpoint: the state at the end
     assert all(np.array_equal(v.numpy(), trained[v.path]) for v in model.weights)  # the same weights, float32
-    tflite = str(tmp_path / "model.tflite")
-    exported = subprocess.run(pspnet("export", final, "--format", "tflite", "--input-size", "64x64", "--out", tflite),
-                              env=ENV, capture_output=True, text=True, timeout=600)
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    saved = str(tmp_path / "serving")
-    exported = subprocess.run(pspnet("export", final, "--out", saved, "--warmup-size", "none"), env=ENV,
-                              capture_output=True, text=True, timeout=600)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    from keras_pspnet.cli import main
     from keras_pspnet.predictors import load_predictor
+
+    tflite, saved = str(tmp_path / "model.tflite"), str(tmp_path / "serving")
+    assert main(["export", final, "--format", "tflite", "--input-size", "64x64", "--out", tflite]) == 0
+    assert main(["export", final, "--out", saved, "--warmup-size", "none"]) == 0
 
     pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("float32")  # exports take uint8
     expected = model.predict(pixels, verbose=0)
@@ -262,6 +194,56 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import json, sys, keras, numpy as np
+# 1. one step of our loop and of model.fit on two replicas equals one on one device
+from keras_pspnet import build_pspnet
+from keras_pspnet.config import TrainConfig
+from keras_pspnet.losses import SegmentationCrossEntropy
+from keras_pspnet.model import head_lr_multipliers
+from keras_pspnet.optimizers import SGD
+from keras_pspnet.train import make_optimizer, make_strategy, make_train_step, training_loss
+
+keras.utils.set_random_seed(0)  # the same initial weights in every session: the tolerance below is for rounding
+rng = np.random.default_rng(0)
+images = rng.uniform(0, 255, (4, 48, 48, 3)).astype("float32")
+masks = rng.integers(0, 3, (4, 48, 48)).astype("uint8")
+masks[0, :30] = 255  # the replicas see different numbers of labelled pixels
+build = lambda sync: build_pspnet(3, "resnet18", stages=3, base_width=4, head_channels=8, aux_channels=4,
+                                  aux_head=True, dropout=0.0, sync_batchnorm=sync)
+initial = build(False).get_weights()
+config = TrainConfig(steps=10, learning_rate=0.1, head_lr_mult=10.0, weight_decay=1e-3)
+
+def fit(strategy):
+    with strategy.scope():
+        model = build(strategy.num_replicas_in_sync > 1)
+        model.set_weights(initial)
+        loss = SegmentationCrossEntropy()
+        optimizer = SGD(0.1, momentum=0.9, weight_decay=1e-3, lr_multipliers=head_lr_multipliers(model, 10))
+        model.compile(optimizer=optimizer, loss={"logits": loss, "aux": loss},
+                      loss_weights={"logits": 1.0, "aux": 0.4})
+    model.fit(images, {"logits": masks, "aux": masks}, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+def loop(strategy):
+    with strategy.scope():
+        model = build(strategy.num_replicas_in_sync > 1)
+        model.set_weights(initial)
+        optimizer = make_optimizer(config, model)
+        optimizer.build(model.trainable_variables)
+    data = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    step = make_train_step(model, optimizer, training_loss(config, 255), strategy)
+    losses = [float(step(*next(iterator))) for _ in range(2)]
+    return model.get_weights(), losses
+
+def distance(a, b):  # relative, floored: conv biases before BN get ~zero gradients and stay ~zero
+    return max(float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-3)) for x, y in zip(a, b))
+
+single, mirrored = tf.distribute.get_strategy(), make_strategy("mirrored")
+(one, one_losses), (two, two_losses) = loop(single), loop(mirrored)
+update = {"fit": distance(fit(single), fit(mirrored)), "loop": distance(one, two), "moved": distance(initial, one),
+          "losses": [one_losses, two_losses]}
+
+# 2. whole runs on two replicas: trained, evaluated at every step, then evaluated and exported while bound
 from keras_pspnet.config import load_config
 from keras_pspnet.data import load_source
 from keras_pspnet.data.classes import CONTEXT_INFO
@@ -270,7 +252,7 @@ from keras_pspnet.export import export_saved_model
 from keras_pspnet.finetune import transfer_weights
 from keras_pspnet.predictors import KerasPredictor, load_predictor
 from keras_pspnet.protocol import TestProtocol
-from keras_pspnet.train import build_model, make_strategy, train
+from keras_pspnet.train import build_model, train
 
 folder, overrides = sys.argv[1], sys.argv[2:]
 protocols = {"native": TestProtocol(), "slide": TestProtocol(mode="slide", crop=(40, 40)),
@@ -295,7 +277,7 @@ for aux in ("0", "0.4"):  # one process: the second run's collective ops must no
     np.save(f"{folder}/aux{aux}/tf.npy", expected)
     saved = export_saved_model(model, f"{folder}/serving{aux}", CONTEXT_INFO, warmup_sizes=[])
     results[f"{aux} export"] = float(np.abs(load_predictor(saved).predict_on_batch(pixels) - expected).max())
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, **results}))
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "update": update, **results}))
 """
 ON_JAX = """
 import sys, keras, numpy as np
@@ -318,12 +300,19 @@ def two_replicas(tmp_path_factory):
     return folder, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def test_two_replicas_give_the_update_of_one_device(two_replicas):
+    figures = two_replicas[1]["update"]
+    assert figures["moved"] > 1e-3  # the steps really changed the weights
+    assert figures["fit"] < 1e-4 and figures["loop"] < 1e-4
+    np.testing.assert_allclose(*figures["losses"], rtol=1e-5)
+
+
 def test_two_replicas_evaluate_and_export_with_every_protocol(two_replicas):
     """A model bound to MirroredStrategy (the training model: without an auxiliary head, `inference_model` is the
     model itself) is evaluated once per batch, not on every replica: with a flipping protocol that crashed, without
     one it computed everything twice. Each protocol's mIoU equals the saved model's on one device."""
-    _, results = two_replicas
-    assert results.pop("replicas") == 2
+    results = dict(two_replicas[1])
+    assert results.pop("replicas") == 2 and results.pop("update")
     for aux in ("0", "0.4"):
         assert results.pop(f"{aux} predictor replicas") == 1
         assert results.pop(f"{aux} export") < 1e-4
