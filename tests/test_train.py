@@ -263,7 +263,7 @@ pixels = np.load(folder + "/pixels.npy")
 results = {}
 for aux in ("0", "0.4"):  # one process: the second run's collective ops must not collide with the first's
     config = load_config(None, overrides + [f"aux_weight={aux}", "distribute=mirrored", "val_split=validation",
-                                            "eval_every=1", "steps=2"])
+                                            "steps=2"])  # evaluated at the end of the run, on both replicas
     final = keras.saving.load_model(train(config, f"{folder}/aux{aux}", verbose=False)["final_model"])
     strategy = make_strategy("mirrored")
     with strategy.scope():  # the training model itself, bound to the strategy, as the loop evaluates it
@@ -290,7 +290,7 @@ np.save(sys.argv[1] + "/jax.npy", model.predict(np.load(sys.argv[2]), verbose=0)
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
-    """Runs trained (with evaluation at every step) on two replicas, with and without the auxiliary head, and what
+    """Runs trained (and evaluated by the loop) on two replicas, with and without the auxiliary head, and what
     their training models give when evaluated and exported while still bound to the strategy."""
     folder = tmp_path_factory.mktemp("replicas")
     np.save(folder / "pixels.npy", np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
