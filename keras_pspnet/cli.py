@@ -15,16 +15,14 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 def _check_output(path: str, force: bool, suffix: str = ".keras") -> None:
     """Before long work: the output has the right suffix, its folder exists, it is not a symbolic link, and an
     existing one is replaced only with --force."""
-    from keras_pspnet.files import refuse_link
+    from keras_pspnet.files import check_new_output
 
     if not path.endswith(suffix):
         raise ValueError(f"{path}: the output must be a {suffix} file.")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: no such folder for {os.path.basename(path)}")
-    refuse_link(path)
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path}: already exists (use --force to replace it).")
+    check_new_output(path, force)
 
 
 def _describe(model, source: str, out: str) -> str:
@@ -216,7 +214,7 @@ def _predict(args) -> int:
 
     predictor = _load_predictor(args)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
-    max_pixels = round(args.max_pixels * 1e6) if args.max_pixels else None
+    max_pixels = max(1, round(args.max_pixels * 1e6)) if args.max_pixels else None
     failed = predict_files(predictor, args.images, args.out, info, _protocol(args, predictor), force=args.force,
                            max_pixels=max_pixels, **_inference_options(args))
     done = len(args.images) - len(failed)
@@ -270,7 +268,7 @@ def _inference_options(args) -> dict:
     from keras_pspnet.inference import MAX_SIDE
 
     return {"max_side": args.max_side or MAX_SIDE, "window_batch": args.window_batch,
-            "max_memory": round(args.max_memory * 2**30) if args.max_memory else None}
+            "max_memory": max(1, round(args.max_memory * 2**30)) if args.max_memory else "available"}
 
 
 def _demo(args) -> None:

@@ -25,6 +25,10 @@ import tensorflow as tf
 from keras_pspnet.files import short_repr
 
 WAIT_NOTICE_SECONDS = 10  # after this long without the cluster, say whom we wait for (once)
+# How collective ops fail when a peer goes: TensorFlow aborts them (Unavailable), or they time out, are aborted or
+# cancelled.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+               tf.errors.CancelledError)
 
 
 class ClusterError(ConnectionError):
@@ -103,8 +107,8 @@ def multi_worker_strategy(timeout: float, verbose: bool = True) -> tf.distribute
 def rendezvous(config: dict, timeout: float, verbose: bool = True) -> None:
     """Waits until every other task of `config` answers on its port, listening on this task's port meanwhile (so
     that they see it), answering SIGINT and SIGTERM with `Interrupted`; ClusterError naming the silent ones after
-    `timeout` seconds. Nothing is accepted: the kernel completes the others' probes, and closing the listener frees
-    the port for TensorFlow's server at once."""
+    `timeout` seconds. The others' probes are accepted and closed as they come (a full accept queue would make this
+    worker look silent to the ones that keep probing)."""
     task = config["task"]
     own = config["cluster"][task["type"]][task["index"]]
     others = peers(config)
@@ -116,9 +120,11 @@ def rendezvous(config: dict, timeout: float, verbose: bool = True) -> None:
         except (OSError, ValueError) as error:
             raise ClusterError(f"TF_CONFIG: this worker's address {own} cannot be used ({error})") from None
         listener.listen(64)
+        listener.setblocking(False)
         claim_signals()
         started, told = time.monotonic(), False
         while True:
+            _close_pending(listener)
             silent = {name: address for name, address in others.items() if not _answers(address)}
             waited = time.monotonic() - started
             if not silent:
@@ -134,6 +140,15 @@ def rendezvous(config: dict, timeout: float, verbose: bool = True) -> None:
             time.sleep(0.5)
     finally:
         listener.close()
+
+
+def _close_pending(listener: socket.socket) -> None:
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        connection.close()
 
 
 def lost_worker(error: tf.errors.OpError, step: int, checkpoint: str | None) -> ClusterError:

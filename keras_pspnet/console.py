@@ -63,10 +63,11 @@ def native_output_hidden(descriptors: tuple[int, ...] = (1, 2)):
             os.close(null)
 
 
-# What native libraries write to stderr past Python: absl/TensorFlow log records ("E0000 00:00:... file.cc:12] ..."
-# with their continuation lines), absl's pre-init notice, libjpeg's warnings on recoverable JPEGs, LiteRT's delegate
-# notice and the CPU-feature note.
-NATIVE_NOISE = re.compile(rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
+# What native libraries write to stderr past Python: absl/TensorFlow log records of levels I, W and E ("E0000
+# 00:00:... file.cc:12] ..." with their continuation lines: an error that matters reaches Python as an exception,
+# which the command reports; F, fatal, records stay), absl's pre-init notice, libjpeg's warnings on recoverable
+# JPEGs, LiteRT's delegate notice and the CPU-feature note.
+NATIVE_NOISE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
                           rb"absl|Corrupt JPEG data|Premature end of JPEG|INFO: Created TensorFlow Lite|To enable the "
                           rb"following instructions)")
 

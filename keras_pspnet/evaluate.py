@@ -16,7 +16,7 @@ from keras_pspnet.protocol import TestProtocol, own_protocol
 
 def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestProtocol | None = None, *,
              progress: bool = True, max_side: int = MAX_SIDE, window_batch: int | None = None,
-             max_memory: int | None = None, absent_classes: str | None = None) -> dict:
+             max_memory: int | str | None = None, absent_classes: str | None = None) -> dict:
     """Scores of `model` on every (image, mask) pair of `source`, predicted at the label's resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor (`keras_pspnet.predictors`: a

@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_pspnet import __version__, tflite
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.files import refuse_link, write_bytes, write_text
+from keras_pspnet.files import check_new_output, write_bytes, write_text
 from keras_pspnet.layers.resize import resize_bilinear
 from keras_pspnet.model import (
     inference_model,
@@ -287,9 +287,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     json_path = os.path.splitext(path)[0] + ".json"
     for existing in (path, json_path):
-        refuse_link(existing)
-        if os.path.exists(existing) and not overwrite:
-            raise FileExistsError(f"{existing}: already exists (use --force to replace it).")
+        check_new_output(existing, overwrite)
     height, width = input_size
     if quantize == "int8":  # first: a bad calibration source fails before the minutes of conversion
         protocol, mean = own_protocol(model_metadata(model)), model_mean(model)

@@ -78,6 +78,16 @@ def read_text(path: str, what: str = "input", limit: int = MAX_TEXT_BYTES) -> st
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
+def zip_member(archive, name: str, limit: int, path: str) -> bytes:
+    """A member of an open zipfile.ZipFile, of at most `limit` bytes once inflated: its declared size is checked
+    before it is read (a few kB of deflated zeros inflate to gigabytes), and zipfile stops reading at that size."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise ValueError(f"{path}: {printable(name, 80)} inflates to {info.file_size:,} bytes, more than "
+                         f"{limit:,}")
+    return archive.read(info)
+
+
 def check_nodes(value, where: str, limit: int = MAX_NODES) -> None:
     """Raises ValueError when `value` (containers of containers, as YAML, JSON or a pickle decode) has more than
     `limit` nodes counting shared ones each time they occur, or refers to itself: what anything that walks it
@@ -130,6 +140,30 @@ def refuse_link(path: str) -> None:
                          "another name)")
 
 
+def check_new_output(path: str, overwrite: bool) -> None:
+    """An output path may be written: not a symbolic link, and not an existing file unless `overwrite`."""
+    refuse_link(path)
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{path}: already exists (use --force to replace it)")
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """An exclusive lock on `path`.lock while the block runs, for processes of this machine sharing a cache (POSIX
+    flock; without it, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, *, overwrite: bool = True) -> Iterator[str]:
     """Yields a temporary path beside `path` to write to; when the block ends without an error it is renamed to
@@ -137,9 +171,7 @@ def atomic_output(path: str, *, overwrite: bool = True) -> Iterator[str]:
 
     Refuses a `path` that is a symbolic link, and an existing one unless `overwrite`.
     """
-    refuse_link(path)
-    if not overwrite and os.path.lexists(path):
-        raise FileExistsError(f"{path}: already exists (use --force to replace it)")
+    check_new_output(path, overwrite)
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: no such folder for {os.path.basename(path)}")

@@ -246,7 +246,7 @@ def _scale_terms(predictor, image: np.ndarray, protocol: TestProtocol, max_side:
 
 
 def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None, max_side: int,
-                        window_batch: int | None, max_memory: int | None = None):
+                        window_batch: int | None, max_memory: int | str | None = None):
     """(first row, probabilities of a strip of rows [rows, W, classes]) covering the image top to bottom.
 
     At the image's size probabilities exist a strip at a time: with one term at the image's own size (a single
@@ -296,18 +296,28 @@ class MemoryLimitError(ValueError):
 
 
 def available_memory() -> int | None:
-    """Bytes this machine can still allocate (Linux' MemAvailable, else its physical memory), None if unknown."""
+    """Bytes this machine can still allocate: Linux' MemAvailable, or what its container's memory limit leaves
+    (cgroup v2 or v1) when that is less; physical memory elsewhere; None if unknown."""
+    figures = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            figures += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes",
+                                                                 "memory/memory.usage_in_bytes")):
+        limit, usage = (os.path.join("/sys/fs/cgroup", name) for name in (limit, usage))
+        try:
+            with open(limit) as f, open(usage) as g:
+                figures.append(int(f.read()) - int(g.read()))  # "max": no limit, a ValueError
+        except (OSError, ValueError):
+            continue
+    if not figures:
+        try:
+            figures.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return max(0, min(figures))
 
 
 def memory_needed(predictor, height: int, width: int, protocol: TestProtocol, *, max_side: int = MAX_SIDE,
@@ -344,21 +354,25 @@ def memory_needed(predictor, height: int, width: int, protocol: TestProtocol, *,
 
 
 def check_memory(predictor, height: int, width: int, protocol: TestProtocol, *, max_side: int = MAX_SIDE,
-                 window_batch: int | None = None, max_memory: int | None = None, what: str = "the image") -> None:
-    """Raises MemoryLimitError, in one line naming `what`, when `memory_needed` is above `max_memory` bytes
-    (default: what this machine has available; 0: no limit)."""
-    limit = available_memory() if max_memory is None else max_memory
+                 window_batch: int | None = None, max_memory: int | str | None = None,
+                 what: str = "the image") -> None:
+    """Raises MemoryLimitError, in one line naming `what`, when `memory_needed` is above `max_memory`: bytes, or
+    "available" (what this machine or its container has available now: `pspnet`'s default), or None (no check)."""
+    if max_memory is None:
+        return
+    limit = available_memory() if max_memory == "available" else max_memory
     if not limit:
         return
     needed = memory_needed(predictor, height, width, protocol, max_side=max_side, window_batch=window_batch)
     if needed > limit:
-        allowed = "allowed (--max-memory)" if max_memory else "available on this machine (--max-memory overrides)"
+        allowed = "available on this machine (--max-memory overrides)" if max_memory == "available" else \
+            "allowed (--max-memory)"
         raise MemoryLimitError(f"{what}: {width}x{height} under {protocol.describe()} needs about "
                                f"{needed / GiB:.1f} GiB, more than the {limit / GiB:.1f} GiB {allowed}")
 
 
 def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
-                   window_batch: int | None = None, max_memory: int | None = None) -> np.ndarray:
+                   window_batch: int | None = None, max_memory: int | str | None = None) -> np.ndarray:
     """Class probabilities [H, W, classes] of one RGB image [H, W, 3] (pixels 0-255), at its resolution.
 
     `model`: a Keras model (an auxiliary head is dropped) or a predictor of `keras_pspnet.predictors`.
@@ -371,8 +385,8 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
     `window_batch`: windows per model call (default: about a megapixel's worth, at most a row of windows).
     Multi-scale or mmseg-flip inference without a resize holds each scaled map whole: resize large photos.
     For labels only, `predict_labels` needs far less memory on large images.
-    `max_memory`: bytes the inference may take (`memory_needed`, checked before anything is allocated; default:
-    what the machine has available; 0: no check); beyond it, MemoryLimitError.
+    `max_memory`: bytes the inference may take, or "available" (`check_memory`: checked before anything is
+    allocated; default None: no check); beyond it, MemoryLimitError.
     """
     from keras_pspnet.predictors import as_predictor
 
@@ -382,7 +396,7 @@ def predict_scores(model, image: np.ndarray, protocol: TestProtocol | None = Non
 
 
 def predict_labels(model, image: np.ndarray, protocol: TestProtocol | None = None, *, max_side: int = MAX_SIDE,
-                   window_batch: int | None = None, max_memory: int | None = None) -> np.ndarray:
+                   window_batch: int | None = None, max_memory: int | str | None = None) -> np.ndarray:
     """The predicted class of each pixel, int32 [H, W]: the argmax of `predict_scores` (same arguments), made
     strip by strip so that the probabilities at the image's size are never held whole."""
     strips = _probability_strips(model, image, protocol, max_side, window_batch, max_memory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from tqdm import tqdm
 from keras_pspnet.console import one_line, report
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.files import MiB, atomic_output, read_bytes, refuse_link, regular_file
+from keras_pspnet.files import MiB, atomic_output, check_new_output, read_bytes, regular_file, remove_stale_partials
 from keras_pspnet.inference import MAX_SIDE, check_memory, predict_labels
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.visualize import colorize, label_png, legend, overlay
@@ -52,13 +53,16 @@ def image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     return height, width
 
 
-def read_image(path: str, max_pixels: int | None = None) -> np.ndarray:
+def read_image(path: str, max_pixels: int | None = None, check=None) -> np.ndarray:
     """RGB uint8 [H, W, 3], decoded as training decodes images (`decode_rgb`: a 16-bit PNG keeps the high byte of
     each value, as TensorFlow reduces it); a one-line error naming the file when it is not an image, or a larger
-    one than `max_pixels` allows (see `image_size`: checked before anything is decoded)."""
+    one than `max_pixels` allows (see `image_size`). `check(height, width)`, if given, runs after the header is
+    read and before anything is decoded (a memory check, say)."""
     import tensorflow as tf
 
     height, width = image_size(path, max_pixels)
+    if check is not None:
+        check(height, width)
     # a file is at most its 4-byte pixels (BMP, uncompressed PNG) and some metadata; anything larger is not it
     data = read_bytes(path, 4 * height * width + 64 * MiB, "image")
     try:
@@ -88,7 +92,7 @@ def output_names(paths: Sequence[str], out_dir: str) -> list[str]:
 
 def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetInfo,
                   protocol: TestProtocol | None = None, *, force: bool = False, max_side: int = MAX_SIDE,
-                  window_batch: int | None = None, max_memory: int | None = None,
+                  window_batch: int | None = None, max_memory: int | str | None = None,
                   max_pixels: int | None = None) -> list[str]:
     """Writes <stem>_label.png (indices), <stem>_color.png and <stem>_overlay.png per image, and legend.png.
 
@@ -97,11 +101,12 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
 
     A bad image is reported by name and skipped; the others are still processed. Existing outputs are
     not replaced unless `force`; each is written beside its name and renamed, never through a symbolic link nor
-    outside `out_dir`. `max_side`, `window_batch`, `max_memory`: see `keras_pspnet.inference.predict_scores`
-    (memory is checked from each file's header, before it is decoded); `max_pixels`: see `image_size`.
+    outside `out_dir`. `max_side`, `window_batch`, `max_memory`: see `keras_pspnet.inference.check_memory`
+    (checked from each file's header, before it is decoded); `max_pixels`: see `image_size`.
     Returns the paths that failed.
     """
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_partials(out_dir)  # pictures of a killed run, half written
     protocol = protocol or own_protocol(predictor.metadata)  # once, not per image
     failed = []
     names = output_names(paths, out_dir)
@@ -111,28 +116,26 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
         try:
             for output in outputs.values():
                 _check_output(output, out_dir, force)
-            height, width = image_size(path, max_pixels)
-            check_memory(predictor, height, width, protocol, max_side=max_side, window_batch=window_batch,
-                         max_memory=max_memory, what=path)
-            image = read_image(path, max_pixels)  # its errors name the file
+            image = read_image(path, max_pixels, functools.partial(
+                check_memory, predictor, protocol=protocol, max_side=max_side, window_batch=window_batch,
+                max_memory=max_memory, what=path))  # its errors name the file
         except (ValueError, OSError) as error:
             report(str(error))
             failed.append(path)
             continue
         try:
-            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch,
-                                    max_memory=0)  # checked above, with the file's name
+            labels = predict_labels(predictor, image, protocol, max_side=max_side, window_batch=window_batch)
         except Exception as error:  # e.g. out of memory on one huge photo: the others still run
             report(f"{path}: {one_line(error)}")
             failed.append(path)
             continue
-        os.makedirs(os.path.dirname(outputs["label"]), exist_ok=True)
         color = colorize(labels, info.colors)
         pictures = {"label": label_png(labels, info.colors), "color": Image.fromarray(color),
                     "overlay": Image.fromarray(overlay(image, color))}
         try:
+            os.makedirs(os.path.dirname(outputs["label"]), exist_ok=True)  # (checked to stay inside out_dir)
             for kind, picture in pictures.items():
-                _check_output(outputs[kind], out_dir, force)  # its folder, made just now, is checked too
+                _check_output(outputs[kind], out_dir, force)  # again: links may appear meanwhile
                 with atomic_output(outputs[kind]) as partial:
                     picture.save(partial, format="PNG")
         except (ValueError, OSError) as error:
@@ -147,11 +150,14 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
 
 
 def _check_output(path: str, out_dir: str, force: bool) -> None:
-    """An output goes under `out_dir` itself (no symbolic link on the way leads elsewhere), is not a link, and
-    replaces an existing file only with `force`."""
-    refuse_link(path)
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path}: already exists (use --force to replace it)")
-    folder, root = os.path.realpath(os.path.dirname(path)), os.path.realpath(out_dir)
-    if os.path.isdir(os.path.dirname(path)) and folder != root and not folder.startswith(root + os.sep):
+    """An output goes under `out_dir` itself (no symbolic link on the way leads elsewhere: its nearest existing
+    folder is checked), is not a link, and replaces an existing file only with `force`."""
+    check_new_output(path, force)
+    folder = os.path.dirname(path)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):  # (a dangling link is not a folder)
+        if os.path.islink(folder):
+            raise ValueError(f"{path}: its folder {folder} is a symbolic link; not written")
+        folder = os.path.dirname(folder)
+    real, root = os.path.realpath(folder), os.path.realpath(out_dir)
+    if real != root and not real.startswith(root + os.sep):
         raise ValueError(f"{path}: its folder leads outside {out_dir} through a symbolic link; not written")

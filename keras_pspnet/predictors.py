@@ -96,6 +96,10 @@ EXPORTED_OPS = frozenset("""
     StatefulPartitionedCall StatelessCase StatelessIf StatelessWhile StaticRegexFullMatch StopGradient StridedSlice
     StringJoin Sub Substr Sum Tanh TensorListFromTensor TensorListGetItem TensorListReserve TensorListSetItem
     TensorListStack Tile Transpose Unpack VarHandleOp Where ZerosLike""".split())
+# Of these, the ones that read or write files named by their inputs: only in the SavedModel's own saver functions
+# (saver_def: the save function writes a checkpoint, the restore function reads one), never where a signature or
+# anything else runs.
+SAVE_OPS, RESTORE_OPS = frozenset({"SaveV2", "MergeV2Checkpoints"}), frozenset({"RestoreV2"})
 SIGNATURES = ("serving_default", "encoded", "logits")
 MAX_GRAPH_BYTES = 256 * 2**20  # saved_model.pb holds the graph; the weights are in variables/
 
@@ -119,12 +123,33 @@ def check_saved_model(path: str) -> None:
     missing = [name for name in SIGNATURES if name not in meta_graph.signature_def]
     if missing:
         raise ValueError(f"{path}: not exported by keras-pspnet (no {', '.join(missing)} signature); {hint}")
-    ops = {node.op for node in meta_graph.graph_def.node}
-    ops.update(node.op for function in meta_graph.graph_def.library.function for node in function.node_def)
-    foreign = sorted(ops - EXPORTED_OPS)
+    graph = meta_graph.graph_def
+    functions = {function.signature.name: function.node_def for function in graph.library.function}
+    nodes = {node.name: node for node in graph.node}
+
+    def reached(tensor_name: str) -> set[str]:
+        """The functions a graph node calls, and those they call, and so on."""
+        node = nodes.get(tensor_name.split(":")[0])
+        found, pending = set(), [node] if node is not None else []
+        while pending:
+            for value in pending.pop().attr.values():
+                called = [value.func.name] if value.HasField("func") else []
+                for name in called + [f.name for f in value.list.func]:
+                    if name in functions and name not in found:
+                        found.add(name)
+                        pending.extend(functions[name])
+        return found
+
+    saving, restoring = reached(meta_graph.saver_def.save_tensor_name), reached(meta_graph.saver_def.restore_op_name)
+    foreign = set()
+    for name, body in [("", graph.node), *functions.items()]:
+        allowed = EXPORTED_OPS - SAVE_OPS - RESTORE_OPS | (SAVE_OPS if name in saving else set()) | (
+            RESTORE_OPS if name in restoring else set())
+        foreign.update(node.op for node in body if node.op not in allowed)
     if foreign:
-        raise ValueError(f"{path}: runs operations keras-pspnet's exports do not ({printable(', '.join(foreign[:8]))}"
-                         f"{', ...' if len(foreign) > 8 else ''}); {hint}")
+        foreign = sorted(foreign)
+        raise ValueError(f"{path}: runs operations keras-pspnet's exports do not, or not there "
+                         f"({printable(', '.join(foreign[:8]))}{', ...' if len(foreign) > 8 else ''}); {hint}")
 
 
 class SavedModelPredictor(_ExportedPredictor):

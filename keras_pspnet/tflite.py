@@ -18,7 +18,7 @@ import zipfile
 import flatbuffers
 import numpy as np
 
-from keras_pspnet.files import MAX_TEXT_BYTES
+from keras_pspnet.files import MAX_TEXT_BYTES, zip_member
 from keras_pspnet.predictors import METADATA_FILE as JSON_FILE  # our metadata, packed into the .tflite too
 
 LABELS_FILE = "labels.txt"  # one class name per line: MediaPipe's `labels`, LiteRT support library's label map
@@ -242,11 +242,7 @@ def packed_json(path: str) -> dict | None:
     before it is inflated (MAX_TEXT_BYTES)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo(JSON_FILE)
-            if info.file_size > MAX_TEXT_BYTES:
-                raise ValueError(f"{path}: its packed {JSON_FILE} inflates to {info.file_size:,} bytes, more than "
-                                 f"metadata has ({MAX_TEXT_BYTES:,})")
-            text = archive.read(info)
+            text = zip_member(archive, JSON_FILE, MAX_TEXT_BYTES, path)
     except (zipfile.BadZipFile, KeyError):
         return None
     try:

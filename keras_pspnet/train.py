@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_pspnet.cluster import lost_worker, multi_worker_strategy
+from keras_pspnet.cluster import PEER_ERRORS, lost_worker, multi_worker_strategy
 from keras_pspnet.config import TrainConfig, load_config, save_config
 from keras_pspnet.console import one_line
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
@@ -23,7 +23,7 @@ from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.folder import undecodable_images
 from keras_pspnet.data.info import AugmentConfig, DatasetInfo, augment_config
 from keras_pspnet.evaluate import evaluate
-from keras_pspnet.files import read_text, write_text
+from keras_pspnet.files import read_text, remove_stale_partials, write_text
 from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import (
@@ -206,6 +206,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     strategy = make_strategy(config.distribute, config.cluster_timeout)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     out = RunDirectory(run_dir, strategy)
+    remove_stale_partials(out.root)  # models and files of a killed run, half written
     _, info = _load_source(config, config.train_split, num_classes=config.num_classes)
     val_source = None
     if config.val_split:
@@ -271,34 +272,35 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         if verbose:
             print(f"\nstep {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} (best {100 * float(best.numpy()):.2f})")
 
-    for step in range(start + 1, config.steps + 1):
-        try:  # the batch is fetched apart from the step: an error here is the input's, never the model's
-            images, masks = next(iterator)
-        except tf.errors.OpError as error:  # a file that decodes badly, say
-            if not multi_worker and step - 1 > start and (step - 1) % config.checkpoint_every:  # saving is collective
-                manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
-            raise _input_error(config, error) from None
-        logged = step % config.log_every == 0 or step == config.steps
-        rate = float(optimizer.learning_rate) if logged else None  # this step's rate (read before it counts)
-        try:
+    step = start
+    try:
+        for step in range(start + 1, config.steps + 1):
+            try:  # the batch is fetched apart from the step: an error here is the input's, never the model's
+                images, masks = next(iterator)
+            except tf.errors.OpError as error:  # a file that decodes badly, say
+                if not multi_worker and step - 1 > start and (step - 1) % config.checkpoint_every:  # (collective)
+                    manager.save(checkpoint_number=step - 1)  # the state after the last complete step, to resume from
+                raise _input_error(config, error) from None
+            logged = step % config.log_every == 0 or step == config.steps
+            rate = float(optimizer.learning_rate) if logged else None  # this step's rate (read before it counts)
             loss = float(step_fn(images, masks))
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
-            if not multi_worker:
-                raise
-            raise lost_worker(error, step, manager.latest_checkpoint) from None  # its peers' collectives abort
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"step {step}: the loss is {loss}; lower learning_rate or check the labels.")
-        if logged:
-            with writer.as_default():
-                tf.summary.scalar("train/loss", loss, step=step)
-                tf.summary.scalar("train/learning_rate", rate, step=step)
-            progress.update(step, [("loss", loss), ("lr", rate)])
-        if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-            evaluate_now(step)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            manager.save(checkpoint_number=step)
-    evaluate_now(config.steps)
-    save_model(portable_model(model), out("final.keras"))  # every worker (identical weights); non-chiefs: worker-<i>/
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"step {step}: the loss is {loss}; lower learning_rate or check the labels.")
+            if logged:
+                with writer.as_default():
+                    tf.summary.scalar("train/loss", loss, step=step)
+                    tf.summary.scalar("train/learning_rate", rate, step=step)
+                progress.update(step, [("loss", loss), ("lr", rate)])
+            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+                evaluate_now(step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                manager.save(checkpoint_number=step)
+        evaluate_now(config.steps)
+        save_model(portable_model(model), out("final.keras"))  # every worker (same weights); non-chiefs: worker-<i>/
+    except PEER_ERRORS as error:  # a step, a checkpoint (saving is collective), the final model's
+        if not multi_worker:
+            raise
+        raise lost_worker(error, step, manager.latest_checkpoint) from None  # its peers' collectives abort
     seconds = time.perf_counter() - started
     if verbose and out.chief:
         images = (config.steps - start) * config.batch_size

@@ -26,7 +26,7 @@ import keras
 
 from keras_pspnet import __version__
 from keras_pspnet.convert.mmseg import from_mmseg
-from keras_pspnet.files import atomic_output, partial_name, remove_stale_partials, write_text
+from keras_pspnet.files import atomic_output, locked, partial_name, remove_stale_partials, write_text
 from keras_pspnet.model import inference_model, load_model, model_metadata, set_model_metadata
 from keras_pspnet.protocol import MMSEG_PROTOCOLS, TestProtocol, mmseg_protocol
 
@@ -229,6 +229,15 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
     entry = get_entry(name)
     target = converted_path(name, cache_dir)
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    with locked(target):  # processes of this machine (the workers of a run) check and convert one at a time
+        _converted(entry, target, cache_dir)
+    model = load_model(target)
+    return model if aux_head else inference_model(model)
+
+
+def _converted(entry: PretrainedPSPNet, target: str, cache_dir: str | None) -> None:
+    """Makes sure `target` holds the converted checkpoint of `entry` and matches its recorded digest."""
+    name = entry.name
     remove_stale_partials(os.path.dirname(target))
     if os.path.exists(target) and _recorded(target) != _sha256(target):
         print(f"{target}: does not match the SHA-256 recorded when it was written (damaged or altered); converting "
@@ -250,8 +259,6 @@ def from_pretrained(name: str, *, aux_head: bool = False, cache_dir: str | None 
         with atomic_output(target) as partial:  # never a half-written model under the final name
             model.save(partial)
             _record(target, _sha256(partial))  # before the model takes its name: a model is never unrecorded
-    model = load_model(target)
-    return model if aux_head else inference_model(model)
 
 
 def pretrained_table(cache_dir: str | None = None) -> str:

@@ -50,3 +50,14 @@ def trained_context_model(tmp_path_factory):
                                 "model={backbone: resnet10, stages: 3, base_width: 8, head_channels: 16}"])
     train(config, run_dir, verbose=False)
     return os.path.join(run_dir, "final.keras")
+
+
+# The slowest files first: with two xdist workers taking a file each at a time (.ci/run), a long file started last
+# would run on alone; collected first, they run beside the many short ones.
+SLOW_FIRST = ("test_train.py", "test_cluster.py", "test_backends.py", "test_cli.py", "test_predict.py", "test_demo.py",
+              "test_export.py", "test_chain.py", "test_tflite_runtimes.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order

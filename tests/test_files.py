@@ -74,7 +74,7 @@ def test_reads_take_regular_files_of_bounded_size(tmp_path):
     for path in (str(tmp_path / "pipe"), "/dev/zero"):
         with pytest.raises(ValueError, match=f"{path}: a pipe, device or socket .expected a regular config file."):
             read_text(path, "config")
-    assert time.time() - started < 5  # neither was opened
+    assert time.time() - started < 30  # neither was opened (reading either never ends)
     (tmp_path / "big").write_bytes(b"x" * 2048)
     with pytest.raises(ValueError, match=r"big: 0.0 MiB, more than a config file may have"):
         read_bytes(str(tmp_path / "big"), 1024, "config")

@@ -217,13 +217,12 @@ def png_declaring(width: int, height: int) -> bytes:
         chunk(b"IEND", b"")
 
 
-def test_hostile_images_are_refused_before_anything_is_decoded(tmp_path, capsys):
+def test_hostile_images_are_refused_before_anything_is_decoded(tmp_path, capsys, monkeypatch):
     """A 20000x20000 PNG of a few kB (PIL's decompression-bomb limit, applied to TensorFlow's decoder), /dev/zero and
     a named pipe (reading either never ends) are refused by name, in one line each; the other images are done."""
-    import resource
     import threading
 
-    from keras_pspnet.predict import predict_files
+    from keras_pspnet import predict
 
     bomb, pipe, good = tmp_path / "bomb.png", tmp_path / "pipe.png", tmp_path / "good.png"
     bomb.write_bytes(png_declaring(20000, 20000))
@@ -237,22 +236,25 @@ def test_hostile_images_are_refused_before_anything_is_decoded(tmp_path, capsys)
                 pass
 
     threading.Thread(target=unblock, daemon=True).start()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    decoded = []
+    real_decode = predict.decode_rgb
+    monkeypatch.setattr(predict, "decode_rgb", lambda data: decoded.append(len(data.numpy())) or real_decode(data))
     paths = [str(bomb), "/dev/zero", str(pipe), str(good)]
     try:
-        failed = predict_files(ChannelPredictor(), paths, str(tmp_path / "out"), CLASS_SETS["context"])
+        failed = predict.predict_files(ChannelPredictor(), paths, str(tmp_path / "out"), CLASS_SETS["context"])
     finally:
         done.set()
     assert failed == paths[:3] and os.path.exists(tmp_path / "out" / "good_label.png")
-    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 2**28  # nothing near 1.2 GB
+    assert decoded == [os.path.getsize(good)]  # the others never reached the decoder (1.2 GB for the bomb)
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (not the progress bar)
     assert errors == [f"pspnet: error: {bomb}: 20000x20000 is 400.0 megapixels, more than the 89.5 allowed (a "
                       "decompression bomb? --max-pixels raises the limit)",
                       "pspnet: error: /dev/zero: a pipe, device or socket (expected a regular image file)",
                       f"pspnet: error: {pipe}: a pipe, device or socket (expected a regular image file)"]
     # allowed by --max-pixels, the same image is weighed by the memory its inference needs, still before decoding
-    assert predict_files(ChannelPredictor(), [str(bomb)], str(tmp_path / "out"), CLASS_SETS["context"],
-                         max_pixels=0, max_memory=4 * 2**30) == [str(bomb)]
+    assert predict.predict_files(ChannelPredictor(), [str(bomb)], str(tmp_path / "out"), CLASS_SETS["context"],
+                                 max_pixels=0, max_memory=4 * 2**30) == [str(bomb)]
+    assert decoded == [os.path.getsize(good)]
     assert re.fullmatch(rf"pspnet: error: {bomb}: 20000x20000 under native: whole image needs about \d+\.\d GiB, more "
                         r"than the 4.0 GiB allowed \(--max-memory\)\n", capsys.readouterr().err)
 
@@ -266,8 +268,9 @@ def test_memory_is_checked_before_inference_with_the_machines_limit(monkeypatch)
     assert 600 * 800 * 19 < needed < 2**30
     monkeypatch.setattr(inference, "available_memory", lambda: needed - 1)
     with pytest.raises(inference.MemoryLimitError, match=r"available on this machine \(--max-memory overrides\)"):
-        inference.predict_labels(ChannelPredictor(), image)
+        inference.predict_labels(ChannelPredictor(), image, max_memory="available")  # `pspnet`'s default
     assert inference.predict_labels(ChannelPredictor(), image, max_memory=needed).shape == (600, 800)
+    assert inference.predict_labels(ChannelPredictor(), image).shape == (600, 800)  # the library's: no check
     multi = TestProtocol("mmseg", (1600, 1200), scales=(1.0, 2.0), flip=True)  # maps held whole, per mirror
     assert inference.memory_needed(ChannelPredictor(), 600, 800, multi) > 5 * 1600 * 1200 * 4 * 4 * 2
 
@@ -310,8 +313,8 @@ def test_sizes_that_exhaust_memory_and_broken_models_are_one_line(setup, tmp_pat
         archive.writestr("pspnet.json", b" " * (MAX_TEXT_BYTES + 1))
     assert os.path.getsize(huge) < os.path.getsize(tflite) + 2**20
     assert main(["predict", "--model", huge, images[0], "--out", out]) == 2
-    assert capsys.readouterr().err == f"pspnet: error: {huge}: its packed pspnet.json inflates to 16,777,217 " \
-        "bytes, more than metadata has (16,777,216)\n"
+    assert capsys.readouterr().err == f"pspnet: error: {huge}: pspnet.json inflates to 16,777,217 bytes, more " \
+        "than 16,777,216\n"
     damaged = str(tmp_path / "damaged.tflite")
     with open(tflite, "rb") as f:
         content = bytearray(f.read())
@@ -390,14 +393,27 @@ def test_foreign_saved_models_are_refused_before_they_are_loaded(setup, tmp_path
                                                       "encoded": module.encoded})
     shutil.copytree(os.path.join(saved, "assets.extra"), os.path.join(foreign, "assets.extra"))  # our metadata
     assert main(["predict", "--model", foreign, images[0], "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == f"pspnet: error: {foreign}: runs operations keras-pspnet's exports do not " \
-        "(WriteFile); a SavedModel is a program that runs its own operations when loaded; if you trust its source, " \
-        "pass trust_model=True (--trust-model)\n"
+    assert capsys.readouterr().err == f"pspnet: error: {foreign}: runs operations keras-pspnet's exports do not, " \
+        "or not there (WriteFile); a SavedModel is a program that runs its own operations when loaded; if you trust " \
+        "its source, pass trust_model=True (--trust-model)\n"
+    # the operations our exports do use, where a signature runs: SaveV2 writes any file its inputs name
+    class Saving(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def logits(self, images):
+            tf.raw_ops.SaveV2(prefix=str(marker), tensor_names=["x"], shape_and_slices=[""], tensors=[images])
+            return {"logits": tf.tile(images[..., :1], [1, 1, 1, 4])}
+
+    saving = Saving()
+    tf.saved_model.save(saving, foreign + "3", signatures={"logits": saving.logits, "serving_default": module.pixels,
+                                                           "encoded": module.encoded})
+    shutil.copytree(os.path.join(saved, "assets.extra"), os.path.join(foreign + "3", "assets.extra"))
+    with pytest.raises(ValueError, match=r"runs operations keras-pspnet's exports do not, or not there \(SaveV2\)"):
+        load_predictor(foreign + "3")
     tf.saved_model.save(module, foreign + "2", signatures={"logits": module.logits})
     shutil.copytree(os.path.join(saved, "assets.extra"), os.path.join(foreign + "2", "assets.extra"))
     with pytest.raises(ValueError, match="not exported by keras-pspnet .no serving_default, encoded signature."):
         load_predictor(foreign + "2")
-    assert not marker.exists()
+    assert not list(tmp_path.glob("written*"))
     trusted = load_predictor(foreign, trust_model=True)  # the user's explicit word
     assert trusted.predict_on_batch(np.ones((1, 4, 4, 3), np.float32)).shape == (1, 4, 4, 4)
     assert load_predictor(saved).num_classes == 4  # ours pass the check

@@ -283,3 +283,64 @@ def test_pickles_of_shared_references_are_judged_without_walking_them(tmp_path, 
     path = legacy_file(tmp_path / "laughs.pth", pickle.dumps({"meta": build()}, protocol=2))
     with pytest.raises(CheckpointError, match=message):
         read_pth(path)
+
+
+def test_an_allocation_the_file_names_is_refused_before_it_is_made(tmp_path):
+    """Protocol 5's BYTEARRAY8 allocates its length before reading: 39 bytes could ask for any amount of memory."""
+    import struct
+
+    path = legacy_file(tmp_path / "bytearray.pth", b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b".")
+    with pytest.raises(CheckpointError, match="pickle opcodes of protocol 5 .bytearray, buffers. are not read"):
+        read_pth(path)
+
+
+def overlapping_zip(path, count: int, payload: int) -> None:
+    """A .pth whose storage entries overlap: entry i's data holds every later entry, local header and all, so that
+    each is read whole (count * size / 2 in all) from a file of about one."""
+    import io
+    import struct
+    import zlib
+
+    class Storages(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.ByteStorage, obj[1:], "cpu", 1) if isinstance(obj, str) and obj[0] == "@" \
+                else None
+
+    buffer = io.BytesIO()
+    Storages(buffer, protocol=2).dump({f"w{i}": f"@{i}" for i in range(count)})
+    members = [("archive/data.pkl", buffer.getvalue())]
+
+    def local(name, data):
+        return struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
+                           len(name), 0) + name.encode()
+
+    tail, quoted = bytes(payload), []
+    for index in reversed(range(count)):
+        quoted.append((f"archive/data/{index}", tail))
+        tail = local(f"archive/data/{index}", tail) + tail
+    out, directory = bytearray(), bytearray()
+    offsets = []
+    for name, data in members:
+        offsets.append((name, data, len(out)))
+        out += local(name, data) + data
+    position = len(out)
+    out += tail
+    for name, data in reversed(quoted):
+        offsets.append((name, data, position))
+        position += len(local(name, data))
+    for name, data, offset in offsets:
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, zlib.crc32(data), len(data),
+                                 len(data), len(name), 0, 0, 0, 0, 0, offset) + name.encode()
+    start = len(out)
+    out += directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(offsets), len(offsets), len(directory),
+                                   start, 0)
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def test_overlapping_zip_entries_cannot_multiply_memory(tmp_path):
+    path = str(tmp_path / "overlap.pth")
+    overlapping_zip(path, 100, 5000)
+    assert os.path.getsize(path) < 20000  # read entry by entry: about 100 * 5000 / 2 bytes in all
+    with pytest.raises(CheckpointError, match="or the storages hold more than the file"):
+        read_pth(path)

@@ -52,7 +52,7 @@ def test_downloads_verifies_converts_once_then_works_offline(host, monkeypatch, 
     assert relative_error(model.predict(pixels, verbose=0), expected[0]) < 1e-4  # one output: no auxiliary head
     kept = sorted(os.listdir(os.path.join(cache, "keras_pspnet")))
     converted = os.path.basename(zoo.converted_path(NAME, cache))
-    assert kept == ["checkpoints", converted, converted + ".sha256"]  # with the digest recorded when written
+    assert kept == ["checkpoints", converted, converted + ".lock", converted + ".sha256"]  # its digest, its lock
     assert sorted(os.listdir(os.path.join(cache, "keras_pspnet", "checkpoints"))) == [entry.file_name,
                                                                                       entry.file_name + ".sha256"]
     metadata = model_metadata(model)

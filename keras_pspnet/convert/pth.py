@@ -27,7 +27,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from keras_pspnet.files import MAX_NODES, check_nodes, printable, short_repr
+from keras_pspnet.files import MAX_NODES, check_nodes, printable, short_repr, zip_member
 
 # torch storage classes -> element dtype (little-endian; the zip format records its byte order).
 STORAGE_DTYPES = {
@@ -85,7 +85,9 @@ class _Tensor:
             data = data.view(self.dtype)
         count = math.prod(self.size)
         if count == 0:
-            return np.zeros(self.size, data.dtype)
+            empty = np.zeros(self.size, data.dtype)
+            empty.flags.writeable = False  # as every tensor read: views of their storage
+            return empty
         if count > data.size:  # broadcast views could ask for any amount of memory
             raise CheckpointError(f"{path}: a tensor of shape {self.size} is larger than its storage")
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))  # in elements
@@ -256,6 +258,14 @@ class _Unpickler(pickle._Unpickler):  # the Python unpickler: its opcodes can be
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def refuse_buffer(self):
+        # BYTEARRAY8 allocates the length it names before reading a byte (a 39-byte file could ask for any amount of
+        # memory); out-of-band buffers come with protocol 5. torch writes protocol 2: none of these occur.
+        raise CheckpointError(f"{self.path}: pickle opcodes of protocol 5 (bytearray, buffers) are not read")
+
+    for _opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_opcode[0]] = refuse_buffer
+
     def persistent_load(self, saved_id):
         if not (isinstance(saved_id, tuple) and len(saved_id) >= 5 and saved_id[0] in ("storage", b"storage")):
             raise CheckpointError(f"{self.path}: unsupported persistent object {short_repr(saved_id)} (not a storage)")
@@ -314,8 +324,9 @@ def _from_zip(archive: zipfile.ZipFile, path: str, trust: bool):
         raise CheckpointError(f"{path}: a zip archive without data.pkl is not a PyTorch checkpoint")
     prefix = pickles[0][: -len("data.pkl")]
     file_size = os.path.getsize(path)
-    big_endian = prefix + "byteorder" in names and _member(archive, prefix + "byteorder", 16, path).strip() == b"big"
+    big_endian = prefix + "byteorder" in names and zip_member(archive, prefix + "byteorder", 16, path).strip() == b"big"
     storages: dict[str, _Storage] = {}
+    read = [0]
 
     def storage(key: str, dtype: np.dtype, numel: int) -> _Storage:
         if key not in storages:
@@ -325,26 +336,18 @@ def _from_zip(archive: zipfile.ZipFile, path: str, trust: bool):
                 raise CheckpointError(f"{path}: storage {printable(key, 40)} is missing") from None
             if info.compress_type != zipfile.ZIP_STORED:  # as torch's reader: storages are stored, not compressed
                 raise CheckpointError(f"{path}: storage {printable(key, 40)} is compressed")
-            if not numel * dtype.itemsize <= info.file_size <= file_size:
+            read[0] += info.file_size  # all storages together: entries that overlap in the file count each time
+            if not numel * dtype.itemsize <= info.file_size or read[0] > file_size:
                 raise CheckpointError(f"{path}: storage {printable(key, 40)} holds {info.file_size} bytes, not "
-                                      f"{numel} elements")
+                                      f"{numel} elements, or the storages hold more than the file")
             data = np.frombuffer(archive.read(info), dtype.newbyteorder(">" if big_endian else "<"), numel)
             storages[key] = _Storage(data.astype(dtype, copy=False))
         elif storages[key].data.dtype != dtype or storages[key].data.size != numel:
             raise CheckpointError(f"{path}: storage {printable(key, 40)} is named with two types or sizes")
         return storages[key]
 
-    data = _member(archive, pickles[0], MAX_PICKLE_BYTES, path)
+    data = zip_member(archive, pickles[0], MAX_PICKLE_BYTES, path)
     return _Unpickler(io.BytesIO(data), path, trust, storage).load()
-
-
-def _member(archive: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
-    """A zip member of at most `limit` bytes once inflated (its size is checked before it is read)."""
-    info = archive.getinfo(name)
-    if info.file_size > limit:
-        raise CheckpointError(f"{path}: {printable(name, 80)} inflates to {info.file_size:,} bytes, more than "
-                              f"{limit:,}")
-    return archive.read(info)
 
 
 class _Bounded:
@@ -425,5 +428,7 @@ def read_pth(path: str, trust: bool = False) -> Any:
         raise CheckpointError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError,
             AttributeError, struct.error, MemoryError, RecursionError, OverflowError) as error:
+        if str(error).startswith(f"{path}: "):  # ours already (a member over its cap)
+            raise CheckpointError(str(error)) from None
         detail = printable(str(error).splitlines()[0], 200) if str(error) else "truncated or corrupt"
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {detail})") from None
