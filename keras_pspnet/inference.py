@@ -286,9 +286,9 @@ def _probability_strips(model, image: np.ndarray, protocol: TestProtocol | None,
 
 
 GiB = 2**30
-# A model call's activations per window pixel besides its logits: 1024 bytes + 2 per class, above the measured
+# A model call's activations per window pixel besides its logits: 1152 bytes + 2 per class, above the measured
 # peaks of PSPNet-R50 and MobileNetV2 on TF 2.21 (473-1024 px windows: ~600 bytes with 19 classes, ~830 with 150).
-MODEL_BYTES_PER_PIXEL = 1024
+MODEL_BYTES_PER_PIXEL = 1152
 
 
 class MemoryLimitError(ValueError):
