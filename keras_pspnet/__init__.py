@@ -21,10 +21,11 @@ _EXPORTS = {
     "count_macs": "flops",
     "fold_batch_norms": "inference", "predict_labels": "inference", "predict_scores": "inference",
     "build_pspnet": "model", "inference_model": "model", "load_model": "model", "model_metadata": "model",
-    "from_pretrained": "zoo", "list_pretrained": "zoo",
+    "PSPNet": "segmenter",
+    "from_pretrained": "zoo", "list_pretrained": "registry",
 }
 __all__ = sorted(_EXPORTS)
-_SERIALIZABLE = ("keras_pspnet.layers", "keras_pspnet.losses", "keras_pspnet.optimizers")
+_SERIALIZABLE = ("keras_pspnet.layers", "keras_pspnet.losses", "keras_pspnet.optimizers", "keras_pspnet.segmenter")
 
 
 def __getattr__(name: str):

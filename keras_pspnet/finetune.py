@@ -11,7 +11,8 @@ from keras_pspnet.model import inference_model, load_model, rebuild
 
 def load_init_model(spec: str) -> keras.Model:
     """The model named by `init_from`: a .keras file or a pretrained name (with its auxiliary head)."""
-    from keras_pspnet.zoo import ZOO, from_pretrained
+    from keras_pspnet.registry import ZOO
+    from keras_pspnet.zoo import from_pretrained
 
     if spec in ZOO:
         return from_pretrained(spec, aux_head=True)

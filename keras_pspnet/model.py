@@ -13,6 +13,7 @@ from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_w
 from keras_pspnet.backbones.common import BN_MOMENTUM, batch_norm_factory
 from keras_pspnet.backbones.imagenet import IMAGENET_PREPROCESSING, imagenet_application
 from keras_pspnet.layers import AdaptiveAveragePooling2D, ClassLogits, ConcatConv2D, ResizeLike
+from keras_pspnet.segmenter import PSPNet
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels 0-255 (torchvision, mmsegmentation)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -77,8 +78,9 @@ def build_pspnet(
     metadata: dict | None = None,
     name: str = "pspnet",
     **backbone_kwargs,
-) -> keras.Model:
-    """Builds PSPNet (Zhao et al., CVPR 2017) as a Keras functional model.
+) -> PSPNet:
+    """Builds PSPNet (Zhao et al., CVPR 2017) as a Keras functional model (`keras_pspnet.PSPNet`: `compile()` with
+    no arguments is the reference training recipe).
 
     The model takes RGB pixel values 0-255 (`input_dtype` "float32" or "uint8"), normalises them inside
     and returns float32 logits at the input resolution, channels last.
@@ -142,7 +144,7 @@ def build_pspnet(
     if aux_head:
         aux = segmentation_head(features["aux"], image, num_classes, aux_channels, dropout, norm, "aux", align_corners)
         outputs = {"logits": logits, "aux": aux}
-    model = keras.Model(image, outputs, name=name)
+    model = PSPNet(image, outputs, name=name)
     if backbone_weights is not None:
         load_imagenet_weights(model, backbone, backbone_weights, alpha=backbone_kwargs.get("alpha"))
     return model

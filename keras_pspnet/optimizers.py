@@ -71,3 +71,31 @@ class SGD(keras.optimizers.Optimizer):
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "weight_decay": self.l2,
                 "weight_decay_mode": self.weight_decay_mode, "lr_multipliers": self.lr_multipliers}
+
+
+@keras.saving.register_keras_serializable(package="keras_pspnet")
+class PolyOverFit(keras.optimizers.schedules.LearningRateSchedule):
+    """Poly decay over the steps of the current `fit` of a `keras_pspnet.PSPNet`: rate = end + (initial - end)
+    * (1 - k / steps) ** power at its k-th step, as both references decay over a run (the authors' poly_learning_rate;
+    mmengine's PolyLR). The model's `fit` tells it the fit's first step and length (epochs x steps per epoch), which
+    `compile()` cannot know; before a fit, or when the length is unknown, the initial rate.
+    """
+
+    def __init__(self, initial_learning_rate: float = 0.01, power: float = 0.9, end_learning_rate: float = 0.0):
+        self.initial_learning_rate, self.power = float(initial_learning_rate), float(power)
+        self.end_learning_rate = float(end_learning_rate)
+        self.start, self.steps = 0, None
+
+    def begin(self, start: int, steps: int | None) -> None:
+        self.start, self.steps = int(start), (int(steps) if steps else None)
+
+    def __call__(self, step):
+        if not self.steps:
+            return ops.convert_to_tensor(self.initial_learning_rate, "float32")
+        done = ops.clip((ops.cast(step, "float32") - self.start) / self.steps, 0.0, 1.0)
+        scale = self.initial_learning_rate - self.end_learning_rate
+        return self.end_learning_rate + scale * ops.power(1.0 - done, self.power)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "power": self.power,
+                "end_learning_rate": self.end_learning_rate}
