@@ -21,7 +21,7 @@ _EXPORTS = {
     "count_macs": "flops",
     "fold_batch_norms": "inference", "predict_labels": "inference", "predict_scores": "inference",
     "build_pspnet": "model", "inference_model": "model", "load_model": "model", "model_metadata": "model",
-    "PSPNet": "segmenter",
+    "PSPNet": "segmenter", "load_dataset": "data.load",
     "from_pretrained": "zoo", "list_pretrained": "registry",
 }
 __all__ = sorted(_EXPORTS)

@@ -12,9 +12,9 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.split(",")) if text else None
 
 
-def _check_output(path: str, force: bool, suffix: str = ".keras") -> None:
-    """Before long work: the output has the right suffix, its folder exists, it is not a symbolic link, and an
-    existing one is replaced only with --force."""
+def _check_output(path: str, force: bool, suffix: str = ".keras", option: str = "--out") -> None:
+    """Before long work: the output (named by `option`) has the right suffix, its folder exists, it is not a
+    symbolic link, and an existing one is replaced only with --force (the error says so, and offers a new `option`)."""
     from keras_pspnet.files import check_new_output
 
     if not path.endswith(suffix):
@@ -22,7 +22,7 @@ def _check_output(path: str, force: bool, suffix: str = ".keras") -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: no such folder for {os.path.basename(path)}")
-    check_new_output(path, force)
+    check_new_output(path, force, option)
 
 
 def _describe(model, source: str, out: str) -> str:
@@ -59,13 +59,16 @@ def _convert(args) -> None:
 
 
 def _pretrained(args) -> None:
+    if args.action == "list":  # the registry and the cache's folder: no Keras (a LIGHT_COMMANDS answer)
+        from keras_pspnet.download import MIRROR_ENV, cache_folder
+        from keras_pspnet.registry import BASE_URL, pretrained_table
+
+        print(pretrained_table(args.cache_dir))
+        print(f"\ncache: {cache_folder(args.cache_dir)} ($KERAS_HOME moves it); download host: "
+              f"{os.environ.get(MIRROR_ENV) or BASE_URL} (${MIRROR_ENV} replaces it)")
+        return
     from keras_pspnet import zoo
 
-    if args.action == "list":
-        print(zoo.pretrained_table(args.cache_dir))
-        print(f"\ncache: {zoo.cache_folder(args.cache_dir)} ($KERAS_HOME moves it); download host: "
-              f"{os.environ.get(zoo.MIRROR_ENV) or zoo.BASE_URL} (${zoo.MIRROR_ENV} replaces it)")
-        return
     if args.out:
         _check_output(args.out, args.force)
     model = zoo.from_pretrained(args.name, aux_head=True, cache_dir=args.cache_dir)
@@ -149,7 +152,7 @@ def _evaluate(args) -> None:
     from keras_pspnet.metrics import format_table
 
     if args.json:
-        _check_output(args.json, args.force, ".json")
+        _check_output(args.json, args.force, ".json", "--json")
     if args.json and os.path.abspath(args.json) in {os.path.abspath(args.model),
                                                     os.path.abspath(os.path.splitext(args.model)[0] + ".json")}:
         raise ValueError(f"{args.json}: is the model's own file (a .tflite's metadata); choose another --json")
@@ -178,22 +181,28 @@ def _evaluate(args) -> None:
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import calibration_images, export_saved_model, export_tflite
-    from keras_pspnet.model import inference_model, load_model, model_metadata
+    from keras_pspnet.model import inference_model, model_metadata
+    from keras_pspnet.predictors import load_keras_model
 
-    model = inference_model(load_model(args.model))
-    info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
+    if args.model.endswith(".tflite") or os.path.isdir(args.model):
+        raise ValueError(f"{args.model}: export reads a published name or a .keras model, not a .tflite or "
+                         "SavedModel (export the .keras it came from)")
     if args.format == "savedmodel":
         if args.quantize != "none" or args.input_size or args.calibration or args.outputs:
             raise ValueError("--quantize, --input-size, --outputs and --calibration are for --format tflite")
+    else:
+        if not args.input_size:
+            raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
+        _check_output(args.out, args.force, ".tflite")  # and the metadata beside it, before the model loads
+        _check_output(os.path.splitext(args.out)[0] + ".json", args.force, ".json")
+    model = inference_model(load_keras_model(args.model))
+    info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
+    if args.format == "savedmodel":
         path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,
                                   warmup_sizes=[_size(size) for size in args.warmup_size.split(",")]
                                   if args.warmup_size != "none" else [])
         print(f"{args.model} -> {path} (signatures serving_default, encoded, logits)")
         return
-    if not args.input_size:
-        raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
-    if not args.out.endswith(".tflite"):
-        raise ValueError(f"{args.out}: the output of --format tflite must be a .tflite file")
     calibration, outputs = None, args.outputs or "scores"  # (None: not given, which --format savedmodel checks)
     if args.quantize == "int8" and args.calibration:
         calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
@@ -209,9 +218,19 @@ def _export(args) -> None:
 
 
 def _predict(args) -> int:
+    from keras_pspnet.console import report
     from keras_pspnet.data.classes import resolve_classes
-    from keras_pspnet.predict import predict_files
+    from keras_pspnet.predict import output_names, predict_files
 
+    if not args.force:  # a rerun into the same folder: said once, before the model loads, and nothing replaced
+        done = [[f"{name}_{kind}.png" for kind in ("label", "color", "overlay") if os.path.lexists(
+            f"{name}_{kind}.png")] for name in output_names(args.images, args.out)]
+        done = [files[0] for files in done if files]
+        if done:
+            more = f", as do the outputs of {len(done) - 1} more of these images" if len(done) > 1 else ""
+            report(f"{done[0]}: already exists{more}; nothing predicted (use --force to replace them, or a new "
+                   "--out)")
+            return 1
     predictor = _load_predictor(args)
     info = resolve_classes(args.classes, predictor.num_classes, args.model, predictor.metadata)
     max_pixels = max(1, round(args.max_pixels * 1e6)) if args.max_pixels else None
@@ -296,7 +315,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                        "image at its size")
     group.add_argument("--resize", help="scale-1 size: LONGxSHORT (mmseg, e.g. 2048x512), a long side (semseg, "
                        "e.g. 512) or none")
-    group.add_argument("--mode", choices=("whole", "slide"))
+    group.add_argument("--mode", choices=("whole", "slide"), help="whole: the image in one call (in windows beyond "
+                       "--max-side); slide: overlapping windows of --crop")
     group.add_argument("--crop", help="sliding-window size HxW, e.g. 473x473 (default for .tflite: its input size)")
     group.add_argument("--stride", help="sliding-window stride HxW (default: 2/3 of the crop)")
     group.add_argument("--multi-scale", action="store_true", help="average scales 0.5-1.75")
@@ -311,11 +331,30 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                        "available)")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line too, pointing at the command's --help."""
+    """Usage mistakes are one line too, pointing at the command's --help; --help lists defaults (`_Formatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"pspnet: error: {message} (see `{self.prog} --help`)\n")
+
+
+MODEL_HELP = ("a published name (`pspnet pretrained list`: downloaded, verified and converted once, then cached), "
+              "MODEL.keras, a SavedModel directory or FILE.tflite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "evaluation, export.")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's logs, and tracebacks on errors")
+    from keras_pspnet import __version__  # (the package imports nothing else)
+
+    parser.add_argument("--version", action="version", version=f"pspnet {__version__}",
+                        help="print the version and exit")
     # also after each command (`pspnet predict ... --verbose`); SUPPRESS: absent there, it keeps the value above
     common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -340,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--no-aux", action="store_true", help="drop the auxiliary head")
         source.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects other than "
                             "tensors and containers (only for files from a trusted source)")
-        source.add_argument("--force", action="store_true", help="replace --out if it exists")
+        source.add_argument("--force", "--overwrite", action="store_true", help="replace --out if it exists")
         source.set_defaults(run=_convert)
     semseg.add_argument("--bins", help="pyramid bins of the training config (default 1,2,3,6)")
     mmseg.add_argument("--bins", help="pool_scales (default: the stored config's, else 1,2,3,6)")
@@ -359,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="download (once), verify, convert (once) and optionally save a copy")
     get.add_argument("name", help="a name of `pspnet pretrained list`")
     get.add_argument("--out", help="also save it here (a .keras file; with its auxiliary head, for fine-tuning)")
-    get.add_argument("--force", action="store_true", help="replace --out if it exists")
+    get.add_argument("--force", "--overwrite", action="store_true", help="replace --out if it exists")
     for action in (listing, get):
         action.add_argument("--cache-dir", help="instead of the Keras cache (~/.keras or $KERAS_HOME)")
         action.set_defaults(run=_pretrained)
@@ -373,22 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", parents=[common], help="mIoU and per-class IoU of a model on a dataset")
-    evaluate.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, help="context, a TFDS name or a folder dataset")
-    evaluate.add_argument("--split", default="validation")
+    evaluate.add_argument("--split", default="validation", help="the dataset's split to evaluate on")
     evaluate.add_argument("--data-dir", help="TFDS data_dir")
     evaluate.add_argument("--num-classes", type=int, help="folder datasets without classes.json")
     evaluate.add_argument("--context-size", type=int, help="side of the synthetic context scenes (default 288)")
     _add_inference_options(evaluate)
     evaluate.add_argument("--json", help="also write the results here")
-    evaluate.add_argument("--force", action="store_true", help="replace --json if it exists")
+    evaluate.add_argument("--force", "--overwrite", action="store_true", help="replace --json if it exists")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser("export", parents=[common], help="SavedModel for TF Serving, or .tflite for phones")
-    export.add_argument("model", help="a .keras model")
+    export.add_argument("--model", help="a published name (`pspnet pretrained list`) or MODEL.keras")
+    export.add_argument("source", nargs="?", metavar="MODEL", help="the same as --model (the older form)")
     export.add_argument("--out", required=True, help="TF Serving model directory (models/NAME) or FILE.tflite")
-    export.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel")
-    export.add_argument("--version", type=int, help="SavedModel version (default: the next free one; never replaced)")
+    export.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel",
+                        help="savedmodel: for TF Serving (versions in --out); tflite: one .tflite file")
+    export.add_argument("--model-version", "--version", dest="version", type=int, metavar="N",
+                        help="SavedModel version (default: the next free one; never replaced)")
     export.add_argument("--probabilities", action="store_true", help="SavedModel: also output probabilities")
     export.add_argument("--warmup-size", default="473x473", help="SavedModel: the image sizes TF Serving warms up at "
                         "load, HxW[,HxW...] (the sizes clients will send), or none")
@@ -400,21 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "ImageSegmenter's layout) or class_map [1,H,W] uint8 class indices")
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
-    export.add_argument("--calibration-split", default="train")
+    export.add_argument("--calibration-split", default="train", help="int8: the split of --calibration's dataset")
     export.add_argument("--calibration-count", type=_positive_int, default=64, help="images drawn at random from it")
     export.add_argument("--data-dir", help="TFDS data_dir of --calibration")
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
                         "classes.json (default: the model's own, else classes.json beside it)")
-    export.add_argument("--force", action="store_true", help="TFLite: replace --out if it exists")
+    export.add_argument("--force", "--overwrite", action="store_true", help="TFLite: replace --out and its .json "
+                        "if they exist (SavedModel versions are never replaced)")
     export.set_defaults(run=_export)
 
     predict = commands.add_parser("predict", parents=[common], help="label, colour and overlay PNGs for images")
-    predict.add_argument("--model", required=True, help="MODEL.keras, a SavedModel directory or FILE.tflite")
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", required=True, help="output directory")
     _add_inference_options(predict)
     predict.add_argument("--classes", help="context, ade20k, cityscapes, voc, pets or a classes.json")
-    predict.add_argument("--force", action="store_true", help="replace existing outputs")
+    predict.add_argument("--force", "--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--max-pixels", type=_positive_float, metavar="MEGAPIXELS", help="refuse larger images "
                          "before decoding them (default: PIL's decompression-bomb limit, 89.5)")
     predict.set_defaults(run=_predict)
@@ -433,16 +480,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LIGHT_COMMANDS = ("presets",)  # answered without TensorFlow
+LIGHT_COMMANDS = ("presets", "pretrained list")  # answered without TensorFlow: a command, or a command and action
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.verbose and args.command not in LIGHT_COMMANDS:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "export":  # --model, or the older positional MODEL: one of them
+        if (args.model is None) == (args.source is None):
+            given = "both --model and MODEL" if args.model else "neither"
+            parser.error(f"export: give the model once, as --model NAME|MODEL.keras (got {given})")
+        args.model = args.model or args.source
+    light = args.command in LIGHT_COMMANDS or f"{args.command} {getattr(args, 'action', '')}" in LIGHT_COMMANDS
+    if not args.verbose and not light:
         from keras_pspnet.console import import_tensorflow_quietly
 
         import_tensorflow_quietly()
-    if args.verbose or args.command in LIGHT_COMMANDS:
+    if args.verbose or light:
         return _run(args)
     from keras_pspnet.console import native_logs_filtered
 

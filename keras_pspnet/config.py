@@ -27,7 +27,9 @@ class TrainConfig:
     # build_pspnet / from_preset arguments; null: {"preset": "pspnet_resnet50"}, or init_from's architecture
     model: dict | None = None
     init_from: str | None = None  # a .keras model or a pretrained name: fine-tune from its weights
-    backbone_weights: str | None = None  # "imagenet" or the keras.applications .h5 path
+    # "imagenet" or the keras.applications .h5 path, or a reference's ImageNet backbone: a name (resnet50_v1c,
+    # torchvision_resnet50, mobilenet_v2_mmcls, ...) or a .pth (the authors' initmodel/resnet50_v2.pth): build_pspnet
+    backbone_weights: str | None = None
     crop_size: tuple[int, int] = (473, 473)
     batch_size: int = 16  # global, over all replicas
     steps: int = 1000

@@ -130,3 +130,92 @@ def import_tensorflow_quietly() -> None:
             pass  # reported with its message where a command needs it
     for name in ("absl", "tensorflow", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def is_terminal(stream=None) -> bool:
+    """Whether `stream` (default: stderr) is a terminal, where bars redraw themselves; a pipe or a log file gets
+    plain lines instead (no carriage returns, no escape codes)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # replaced or closed
+        return False
+
+
+class Progress:
+    """One progress display for every command: on a terminal a tqdm bar; elsewhere (a pipe, a log file) a plain
+    line each `percent` % of `total` or each `seconds`, whichever comes first, and one at the end.
+
+    `update(done, **values)` sets the count done (values, e.g. loss=0.5, show beside it); `write(text)` prints a
+    line above the bar; `close()` ends it (also as a context manager).
+    """
+
+    def __init__(self, total: int | None, description: str, unit: str = "it", *, enabled: bool = True,
+                 leave: bool = True, stream=None, percent: float = 10, seconds: float = 30):
+        import time
+
+        self.total, self.description, self.unit, self.enabled = total, description, unit, enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.percent, self.seconds, self.done, self.values = percent, seconds, 0, {}
+        self._clock, self._shown, self._closed = time.monotonic, 0, False
+        self._started = self._last = self._clock()
+        self.bar = None
+        if enabled and is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=description, unit=unit, leave=leave, file=self.stream)
+
+    def update(self, done: int, **values) -> None:
+        self.values.update(values)
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+            if values:
+                self.bar.set_postfix({k: _short(v) for k, v in self.values.items()}, refresh=False)
+        self.done = done
+        if self.bar is None and self.enabled:
+            now, step = self._clock(), self.total * self.percent / 100 if self.total else None
+            if (step and done >= self._shown + step) or now - self._last >= self.seconds:
+                self._line(now)
+
+    def _line(self, now: float) -> None:
+        self._last, self._shown = now, self.done
+        of = f"/{self.total}" if self.total else ""
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        values = "".join(f", {k} {_short(v)}" for k, v in self.values.items())
+        print(f"{self.description}: {self.done}{of} {self.unit}s{share}{values}, {now - self._started:.0f} s",
+              file=self.stream, flush=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.done != self._shown:
+            self._line(self._clock())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def progress(items, total: int | None = None, description: str = "", unit: str = "it", **options):
+    """`items` as they come, shown with `Progress` (`options`: enabled, leave, stream, percent, seconds)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    with Progress(total, description, unit, **options) as shown:
+        for count, item in enumerate(items, 1):
+            yield item
+            shown.update(count)

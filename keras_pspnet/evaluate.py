@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
+from keras_pspnet.console import progress as shown
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.data.pipeline import eval_pipeline
 from keras_pspnet.inference import MAX_SIDE, MemoryLimitError, predict_labels
@@ -34,8 +34,8 @@ def evaluate(model, source: tf.data.Dataset, info: DatasetInfo, protocol: TestPr
         raise ValueError(f"{info.name} has {num_classes} classes, the model predicts {predictor.num_classes}.")
     metric = mean_iou_metric(num_classes, info.ignore_label, from_logits=False)
     images = 0
-    for image, mask in tqdm(eval_pipeline(source, info.name), desc=f"evaluating on {info.name}", unit="image",
-                            disable=not progress, leave=False):
+    for image, mask in shown(eval_pipeline(source, info.name), description=f"evaluating on {info.name}",
+                             unit="image", enabled=progress, leave=False):
         try:
             prediction = predict_labels(predictor, image[0].numpy(), protocol, max_side=max_side,
                                         window_batch=window_batch, max_memory=max_memory)

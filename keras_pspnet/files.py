@@ -140,11 +140,13 @@ def refuse_link(path: str) -> None:
                          "another name)")
 
 
-def check_new_output(path: str, overwrite: bool) -> None:
-    """An output path may be written: not a symbolic link, and not an existing file unless `overwrite`."""
+def check_new_output(path: str, overwrite: bool, option: str | None = None) -> None:
+    """An output path may be written: not a symbolic link, and not an existing file unless `overwrite`. `option`:
+    the command-line option that named it, offered in the error as the other way out (e.g. "--out")."""
     refuse_link(path)
     if not overwrite and os.path.lexists(path):
-        raise FileExistsError(f"{path}: already exists (use --force to replace it)")
+        other = f", or a new {option}" if option else ""
+        raise FileExistsError(f"{path}: already exists (use --force to replace it{other})")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import keras
 
@@ -30,6 +31,18 @@ def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batch
     if not aux_head:
         model = inference_model(model)
     return rebuild(model, sync_batchnorm=sync_batchnorm, num_classes=num_classes, metadata=metadata)
+
+
+def reheaded(source: keras.Model, num_classes: int | None, *, aux_head: bool, metadata: dict | None, name: str,
+             sync_batchnorm: bool = False) -> keras.Model:
+    """`source` with classifiers for `num_classes` classes (default its own), its other weights kept; says on stderr
+    which layers it loaded and which it re-initialised (fine-tuning's starting point)."""
+    num_classes = num_classes or inference_model(source).output.shape[-1]
+    target = retarget(source, num_classes, aux_head=aux_head, sync_batchnorm=sync_batchnorm, metadata=metadata)
+    loaded, skipped = transfer_weights(source, target)
+    print(f"{name}: loaded {len(loaded)} of {len(loaded) + len(skipped)} layers with weights"
+          + (f"; re-initialised: {', '.join(skipped)}" if skipped else ""), file=sys.stderr)
+    return target
 
 
 def transfer_weights(source: keras.Model, target: keras.Model) -> tuple[list[str], list[str]]:

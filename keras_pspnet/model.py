@@ -99,9 +99,15 @@ def build_pspnet(
         align_corners: bilinear upsampling maps corner pixels onto corner pixels (PyTorch's
             `align_corners=True`, as hszhao/semseg and mmsegmentation's 769x769 models); default
             half-pixel centres (`align_corners=False`, mmsegmentation's default).
-        backbone_weights: None, "imagenet" or the path of the keras.applications no-top .h5 file.
-        mean, std: per-channel RGB normalisation of 0-255 pixels. Default: what the ImageNet weights
-            expect when `backbone_weights` is given, else the ImageNet mean/std.
+        backbone_weights: None, "imagenet" or the path of the keras.applications no-top .h5 file (a
+            keras-style backbone), or a reference's ImageNet backbone: a name of
+            `keras_pspnet.convert.backbone.BACKBONE_WEIGHTS` ("resnet50_v1c", "torchvision_resnet50",
+            "mobilenet_v2_mmcls", ...; also "open-mmlab://resnet50_v1c", "torchvision://resnet50",
+            "mmcls://mobilenet_v2"), downloaded once and verified, or a .pth of one of those layouts or of the
+            PSPNet authors' deep-stem ResNets (initmodel/resnet50_v2.pth); the backbone must be the one of the
+            weights (presets `pspnet_resnetXX_v1c`, `_v1b`, `_semseg`, `pspnet_mobilenet_v2_mmseg`).
+        mean, std: per-channel RGB normalisation of 0-255 pixels. Default: what keras.applications' weights
+            expect when they are `backbone_weights`, else the ImageNet mean/std (the references' weights too).
         input_shape: (height, width, 3); height and width may be None.
         input_dtype: "float32" or "uint8".
         sync_batchnorm: synchronised BatchNormalization across replicas (TensorFlow backend only).
@@ -122,9 +128,14 @@ def build_pspnet(
         raise ValueError(f"Pyramid bins must be >= 1, got {tuple(bins)}.")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    weights_file = None  # the references' ImageNet weights: downloaded (or found) before anything is built
+    if backbone_weights is not None:
+        from keras_pspnet.convert.backbone import reference_weights_file
+
+        weights_file = reference_weights_file(backbone_weights)
     if mean is None or std is None:
-        default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD
-        if backbone_weights is not None:
+        default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD  # also what the references' backbones expect
+        if backbone_weights is not None and weights_file is None:
             default_mean, default_std = IMAGENET_PREPROCESSING[imagenet_application(backbone)]
         mean, std = mean or default_mean, std or default_std
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -145,7 +156,11 @@ def build_pspnet(
         aux = segmentation_head(features["aux"], image, num_classes, aux_channels, dropout, norm, "aux", align_corners)
         outputs = {"logits": logits, "aux": aux}
     model = PSPNet(image, outputs, name=name)
-    if backbone_weights is not None:
+    if weights_file is not None:
+        from keras_pspnet.convert.backbone import load_reference_weights
+
+        load_reference_weights(model, weights_file, backbone_weights)
+    elif backbone_weights is not None:
         load_imagenet_weights(model, backbone, backbone_weights, alpha=backbone_kwargs.get("alpha"))
     return model
 

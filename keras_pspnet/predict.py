@@ -9,9 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from keras_pspnet.console import one_line, report
+from keras_pspnet.console import one_line, progress, report
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
 from keras_pspnet.files import MiB, atomic_output, check_new_output, read_bytes, regular_file, remove_stale_partials
@@ -110,8 +109,8 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
     protocol = protocol or own_protocol(predictor.metadata)  # once, not per image
     failed = []
     names = output_names(paths, out_dir)
-    for path, name in tqdm(zip(paths, names), total=len(paths), desc="predicting", unit="image",
-                           disable=len(paths) < 2):
+    for path, name in progress(list(zip(paths, names)), description="predicting", unit="image",
+                               enabled=len(paths) > 1):
         outputs = {kind: f"{name}_{kind}.png" for kind in ("label", "color", "overlay")}
         try:
             for output in outputs.values():

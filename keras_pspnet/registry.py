@@ -41,6 +41,14 @@ class PretrainedPSPNet:
         return sha256_prefix(self.file_name)
 
     @property
+    def architecture(self) -> dict:
+        """`from_preset` arguments of its architecture (without weights): a preset name and this config's options."""
+        if self.backbone.startswith("MobileNetV2"):
+            return {"preset": "pspnet_mobilenet_v2_mmseg", **self.options}
+        depth, variant = self.backbone.split()[:2]  # "R-50 V1c D8"
+        return {"preset": f"pspnet_resnet{depth[2:]}_{variant.lower()}", **self.options}
+
+    @property
     def file_name(self) -> str:
         return self.path.rsplit("/", 1)[1]
 

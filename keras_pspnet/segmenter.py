@@ -81,9 +81,12 @@ class PSPNet(keras.Model):
             y_pred = y_pred["logits"]
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
-    def fit(self, *args, callbacks=None, initial_epoch: int = 0, **kwargs):
+    def fit(self, x=None, y=None, *args, callbacks=None, initial_epoch: int = 0, **kwargs):
         """`keras.Model.fit`; a `PolyOverFit` learning rate decays over this fit's steps (epochs x steps)."""
         from keras_pspnet.optimizers import PolyOverFit
+
+        if hasattr(x, "element_spec"):  # a tf.data.Dataset orders itself (load_dataset's do): Keras would warn
+            kwargs.setdefault("shuffle", False)
 
         schedule = getattr(getattr(self, "optimizer", None), "learning_rate", None)
         schedule = getattr(getattr(self, "optimizer", None), "_learning_rate", schedule)
@@ -93,7 +96,7 @@ class PSPNet(keras.Model):
         if isinstance(schedule, PolyOverFit):
             callbacks = [*(callbacks or []), _FitLength(schedule, initial_epoch)]
             self.train_function = None  # the fit's length is part of the traced step: trace it anew
-        return super().fit(*args, callbacks=callbacks, initial_epoch=initial_epoch, **kwargs)
+        return super().fit(x, y, *args, callbacks=callbacks, initial_epoch=initial_epoch, **kwargs)
 
 
 def _per_output(value, y_pred):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import keras
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from keras_pspnet.cluster import PEER_ERRORS, lost_worker, multi_worker_strategy
 from keras_pspnet.config import TrainConfig, load_config, save_config
-from keras_pspnet.console import one_line
+from keras_pspnet.console import Progress, one_line
 from keras_pspnet.data import TrainingOrder, load_source, train_pipeline
 from keras_pspnet.data.classes import classes_metadata
 from keras_pspnet.data.folder import undecodable_images
@@ -180,14 +181,14 @@ def check_run_directory(run_dir: str, config: TrainConfig, resume: bool) -> None
     saved_path = os.path.join(run_dir, "config.yaml")
     if is_complete_model(os.path.join(run_dir, "final.keras")) and not resume:
         raise FileExistsError(f"{run_dir}: holds a finished run (final.keras); pass --resume to continue it "
-                              "(e.g. with more steps) or choose another output directory.")
+                              "(e.g. with more steps), or a new --out.")
     if os.path.exists(saved_path) and not resume:
         saved = load_config(saved_path).to_dict()
         changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
         if changed:
             raise ValueError(f"{run_dir}: holds an unfinished run with a different config ({', '.join(changed)} "
                              "differ); rerun the same command to resume it, pass --resume to continue it with the "
-                             "new config, or choose another output directory.")
+                             "new config, or a new --out.")
 
 
 def train(config: TrainConfig, run_dir: str, *, resume: bool = False, verbose: bool = True) -> dict:
@@ -253,8 +254,9 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         lambda context: worker_dataset(config, info, augment, mean, start, replicas, context)))
     step_fn = make_train_step(model, optimizer, training_loss(config, info.ignore_label), strategy, counter)
     writer = tf.summary.create_file_writer(out("logs")) if out.chief else tf.summary.create_noop_writer()
-    progress = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "lr"],
-                                   verbose=1 if verbose and out.chief else 0)
+    # a bar on a terminal, else a plain line every 10% (or 30 s): logs hold no carriage returns nor escape codes
+    progress = Progress(config.steps, "training", "step", enabled=verbose and out.chief, stream=sys.stdout)
+    progress.update(start)
     started = time.perf_counter()
 
     def evaluate_now(step: int) -> None:
@@ -270,7 +272,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
             best.assign(results["mIoU"])
             save_model(portable_model(model), out("best.keras"))  # the previous best stays until this one is whole
         if verbose:
-            print(f"\nstep {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} (best {100 * float(best.numpy()):.2f})")
+            progress.write(f"step {step}: val mIoU {100 * (results['mIoU'] or 0):.2f} "
+                           f"(best {100 * float(best.numpy()):.2f})")
 
     step = start
     try:
@@ -290,7 +293,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
                 with writer.as_default():
                     tf.summary.scalar("train/loss", loss, step=step)
                     tf.summary.scalar("train/learning_rate", rate, step=step)
-                progress.update(step, [("loss", loss), ("lr", rate)])
+                progress.update(step, loss=loss, lr=rate)
             if config.eval_every and step % config.eval_every == 0 and step != config.steps:
                 evaluate_now(step)
             if step % config.checkpoint_every == 0 or step == config.steps:
@@ -301,6 +304,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         if not multi_worker:
             raise
         raise lost_worker(error, step, manager.latest_checkpoint) from None  # its peers' collectives abort
+    progress.close()
     seconds = time.perf_counter() - started
     if verbose and out.chief:
         images = (config.steps - start) * config.batch_size

@@ -26,7 +26,8 @@ def test_presets_command_lists_presets(capsys):
     assert "pspnet_resnet50_v1c" in out and "'contract_dilation': True" in out
 
 
-@pytest.mark.parametrize("args", [["--help"], ["presets"], ["predict", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["presets"], ["predict", "--help"], ["--version"],
+                                  ["pretrained", "list"]])
 def test_help_and_presets_never_load_tensorflow(args):
     code = (f"import sys\nfrom keras_pspnet.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))")
@@ -150,3 +151,140 @@ def test_export_choices_are_the_ones_export_takes():
     commands, = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {action.dest: action.choices for action in commands.choices["export"]._actions}
     assert tuple(choices["quantize"]) == QUANTIZATIONS and tuple(choices["outputs"]) == LAYOUTS
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny 4-class model file and two small photos."""
+    import keras
+
+    from keras_pspnet import build_pspnet
+
+    root = tmp_path_factory.mktemp("tiny")
+    keras.utils.set_random_seed(0)
+    build_pspnet(4, "resnet18", base_width=4, head_channels=8).save(root / "m.keras")
+    photos = []
+    for i in range(2):
+        photos.append(str(root / f"photo{i}.png"))
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(photos[-1])
+    return str(root / "m.keras"), photos
+
+
+def test_published_names_are_models_for_every_command(tiny, tmp_path, monkeypatch, capsys):
+    """--model takes a published name (through zoo.from_pretrained, which caches), as predict, evaluate and export
+    read it (`predictors.load_keras_model`); export's older positional MODEL still works, and one of the two is
+    required."""
+    from keras_pspnet import registry, zoo
+    from keras_pspnet.model import load_model
+
+    name, loaded = "pspnet_tiny_test-512x512", []
+    monkeypatch.setitem(registry.ZOO, name, registry.ZOO["pspnet_r50-d8_4xb4-160k_ade20k-512x512"])
+    monkeypatch.setattr(zoo, "from_pretrained", lambda model, **options: loaded.append(model) or load_model(tiny[0]))
+    assert main(["predict", "--model", name, tiny[1][0], "--out", str(tmp_path / "predicted")]) == 0
+    assert main(["export", "--model", name, "--out", str(tmp_path / "serving"), "--warmup-size", "none"]) == 0
+    assert loaded == [name, name] and os.path.isfile(tmp_path / "predicted" / "photo0_label.png")
+    assert os.path.isfile(tmp_path / "serving" / "1" / "saved_model.pb")
+    capsys.readouterr()
+    for args in (["export", "--out", "x"], ["export", tiny[0], "--model", tiny[0], "--out", "x"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        assert capsys.readouterr().err.startswith("pspnet: error: export: give the model once, as --model")
+    assert main(["predict", "--model", "pspnet_no_such_model", tiny[1][0], "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("pspnet: error: pspnet_no_such_model: model not found (neither a file nor a "
+                                       "published name of `pspnet pretrained list`)\n")
+
+
+def test_version_is_instant(capsys):
+    from keras_pspnet import __version__
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out == f"pspnet {__version__}\n"
+    # (no TensorFlow: test_help_and_presets_never_load_tensorflow); export's own --version is the SavedModel's
+    from keras_pspnet.cli import build_parser
+
+    assert build_parser().parse_args(["export", "--model", "m.keras", "--out", "o", "--version", "3"]).version == 3
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _subparsers(sub)
+
+
+def test_every_option_has_help_with_its_default():
+    from keras_pspnet.cli import build_parser
+
+    parser = build_parser()
+    for sub in [parser, *_subparsers(parser)]:
+        if any(isinstance(action, argparse._SubParsersAction) for action in sub._actions):
+            continue  # a command of actions (convert, pretrained): its actions are walked
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{sub.prog} {action.option_strings or action.dest}: no help"
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text, f"{sub.prog} {action.option_strings[0]}"
+
+
+def test_progress_is_plain_lines_in_a_pipe_and_a_bar_on_a_terminal(tiny, tmp_path, capsys):
+    import io
+
+    from keras_pspnet.console import Progress
+
+    assert main(["predict", "--model", tiny[0], *tiny[1], "--out", str(tmp_path / "predicted")]) == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "dataset=context", "--set", "context_scenes=4",
+                 "--set", "context_size=32", "--set", "crop_size=[32, 32]", "--set", "batch_size=2", "--set",
+                 "steps=3", "--set", "log_every=1", "--set", "val_split=null", "--set",
+                 "model={backbone: resnet10, stages: 3, base_width: 4, head_channels: 8, aux_channels: 4}"]) == 0
+    printed = capsys.readouterr()
+    for output in (printed.out, printed.err):
+        assert "\r" not in output and "\x1b[" not in output
+    assert "predicting: 1/2 images (50%), " in printed.err and "predicting: 2/2 images (100%), " in printed.err
+    assert "training: 3/3 steps (100%), loss " in printed.out
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with Progress(4, "counting", "item", stream=terminal) as shown:
+        shown.update(2, loss=0.5)
+    assert shown.bar is not None and "\r" in terminal.getvalue() and "loss=0.5" in terminal.getvalue()
+
+
+def test_reruns_never_overwrite_and_say_what_to_pass(tiny, tmp_path, capsys):
+    out = tmp_path / "predicted"
+    assert main(["predict", "--model", tiny[0], tiny[1][0], "--out", str(out)]) == 0
+    before = os.path.getmtime(out / "photo0_label.png")
+    capsys.readouterr()
+    assert main(["predict", "--model", tiny[0], *tiny[1], "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"pspnet: error: {out / 'photo0_label.png'}: already exists; nothing "
+                                       "predicted (use --force to replace them, or a new --out)\n")
+    assert os.path.getmtime(out / "photo0_label.png") == before and not os.path.exists(out / "photo1_label.png")
+    existing = {name: tmp_path / name for name in ("m.tflite", "e.json", "c.keras", "p.keras")}
+    for path in existing.values():
+        path.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    import shutil
+
+    shutil.copy(tiny[0], run / "final.keras")
+    commands = {
+        "m.tflite": ["export", "--model", tiny[0], "--format", "tflite", "--input-size", "32x32", "--out"],
+        "e.json": ["evaluate", "--model", tiny[0], "--data", "context", "--json"],
+        "c.keras": ["convert", "mmseg", str(tmp_path / "x.pth"), "--out"],
+        "p.keras": ["pretrained", "get", "pspnet_r50-d8_4xb4-160k_ade20k-512x512", "--out"],
+    }
+    for name, args in commands.items():
+        assert main([*args, str(existing[name])]) == 2, name
+        option = "--json" if name == "e.json" else "--out"
+        assert capsys.readouterr().err == (f"pspnet: error: {existing[name]}: already exists (use --force to "
+                                           f"replace it, or a new {option})\n")
+        assert existing[name].read_text() == "mine"
+    assert main(["train", "--out", str(run), "--set", "dataset=context"]) == 2
+    assert capsys.readouterr().err == (f"pspnet: error: {run}: holds a finished run (final.keras); pass --resume to "
+                                       "continue it (e.g. with more steps), or a new --out.\n")

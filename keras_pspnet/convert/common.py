@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import keras
 import numpy as np
@@ -87,10 +87,12 @@ def check_heads(config: dict, state: dict, *, num_classes: int | None, bins, aux
 
 
 def assign_weights(model: keras.Model, state: Mapping[str, np.ndarray], layer_name: Callable[[str], str | None],
-                   path: str) -> None:
+                   path: str, layers: Collection[str] | None = None) -> None:
     """Sets every weight of `model` from `state`; `layer_name` maps a module key (e.g. "backbone.layer1.0.conv1")
     to its Keras layer name. Any missing, unexpected or mis-shaped key is an error listing them all, and then
-    nothing is assigned."""
+    nothing is assigned. `layers`: only these layers are set, each of them from `state` (e.g. a backbone's: the
+    other layers keep their weights, and a key of theirs is unexpected); default every layer with weights but the
+    input normalisation."""
     modules: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for key, value in state.items():
         module, _, param = key.rpartition(".")
@@ -99,7 +101,7 @@ def assign_weights(model: keras.Model, state: Mapping[str, np.ndarray], layer_na
     problems, assignments, covered = [], [], set()
     for module, params in modules.items():
         name = layer_name(module)
-        layer = _find_layer(model, name)
+        layer = _find_layer(model, name) if layers is None or name in layers else None
         if layer is None:
             problems.extend(f"unexpected key {module}.{p}" for p in sorted(params))
             continue
@@ -125,6 +127,8 @@ def assign_weights(model: keras.Model, state: Mapping[str, np.ndarray], layer_na
                 assignments.append((layer, values))
         covered.add(layer.name)
     for layer in model.layers:
+        if layers is not None and layer.name not in layers:
+            continue
         if layer.get_weights() and layer.name not in covered and not isinstance(layer, keras.layers.Normalization):
             problems.append(f"missing weights for layer {layer.name}")
     if problems:

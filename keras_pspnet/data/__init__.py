@@ -10,7 +10,7 @@ import importlib
 _MODULES = {
     "load_source": "sources", "DATASETS": "sources", "eval_pipeline": "pipeline",
     "train_pipeline": "pipeline", "TrainingOrder": "order", "AugmentConfig": "info", "DatasetInfo": "info",
-    "IGNORE_LABEL": "info", "augment_config": "info", "CONTEXT_INFO": "classes",
+    "IGNORE_LABEL": "info", "augment_config": "info", "CONTEXT_INFO": "classes", "load_dataset": "load",
 }
 __all__ = sorted(_MODULES)
 

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-from tqdm import tqdm
 
+from keras_pspnet.console import progress
 from keras_pspnet.data.classes import read_classes
 from keras_pspnet.data.image import EXIF_SEARCH_BYTES, decode_rgb, exif_orientation
 from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
@@ -110,8 +110,8 @@ def folder_source(root: str, split: str, num_classes: int | None = None, validat
     if validate or known is None:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             jobs = pool.map(lambda pair: _check_pair(*pair, known), zip(images, masks))
-            values = list(tqdm(jobs, total=len(images), desc=f"checking {root}/{split}", unit="image",
-                               disable=len(images) < 200))
+            values = list(progress(jobs, len(images), f"checking {root}/{split}", "image",
+                                   enabled=len(images) >= 200))
         if known is None:  # no classes.json and no num_classes: the largest label seen decides
             labels = np.concatenate(values)
             known = int(labels[labels != IGNORE_LABEL].max(initial=0)) + 1
@@ -144,6 +144,6 @@ def undecodable_images(root: str, split: str) -> list[str]:
 
     images, _ = split_files(root, split)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        failed = list(tqdm(pool.map(fails, images), total=len(images), desc=f"looking for the undecodable image in "
-                           f"{root}/{split}", unit="image", disable=len(images) < 200))
+        failed = list(progress(pool.map(fails, images), len(images), f"looking for the undecodable image in "
+                               f"{root}/{split}", "image", enabled=len(images) >= 200))
     return [path for path, bad in zip(images, failed) if bad]

@@ -19,9 +19,10 @@ def check_pair(example: dict, dataset_name: str) -> dict:
 
 def train_pipeline(source: tf.data.Dataset, name: str, crop: Sequence[int], batch_size: int, config: AugmentConfig,
                    mean: Sequence[float], seed: int = 0, offset: int = 0, shuffle_buffer: int = 0,
-                   cache: bool = False) -> tf.data.Dataset:
-    """Shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]) from an endless
-    `source` in training order (`load_source(..., order=...)`); a finite source is repeated.
+                   cache: bool = False, repeat: bool = True) -> tf.data.Dataset:
+    """Shuffled, augmented batches of (image float32 [B, h, w, 3], mask uint8 [B, h, w]) from a `source` in
+    training order (`load_source(..., order=...)`); a finite source is repeated unless `repeat` is False (one
+    pass over it per iteration of the dataset, as `model.fit` reads an epoch).
 
     `cache`: keep the decoded examples in memory (a small, finite source) and shuffle them in a buffer of
     `shuffle_buffer`; `offset` (the examples this pipeline produced before a resumed run) continues the random
@@ -33,12 +34,16 @@ def train_pipeline(source: tf.data.Dataset, name: str, crop: Sequence[int], batc
         dataset = dataset.cache()
     if shuffle_buffer > 1:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed + offset, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
+    if repeat:  # the k-th sample's augmentation is drawn from (seed, k): a resumed run goes on, never replays
+        dataset = dataset.repeat().enumerate().map(lambda index, example: (index + offset, example))
+    else:  # one pass per iteration (a Keras epoch), each with augmentation drawn anew
+        draws = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(draws, dataset)
 
-    def sample(index, example):
-        return augment(example, tf.stack([tf.constant(seed, tf.int64), index + offset]), crop, config, mean)
+    def sample(draw, example):
+        return augment(example, tf.stack([tf.constant(seed, tf.int64), draw]), crop, config, mean)
 
-    dataset = dataset.enumerate().map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -47,9 +47,9 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
                 order: TrainingOrder | None = None) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Reads `name` from the user's TFDS data_dir (never downloads) and maps it to image/mask pairs.
 
-    With `order`: endless, files shuffled every epoch with its seed and shared out among the workers by file
-    (TFDS's own file shuffling and sharding; records within a file stay in order, hence the training
-    shuffle buffer of decoded examples here).
+    With `order`: endless (or one epoch per iteration), files shuffled every epoch with its seed and shared out
+    among the workers by file (TFDS's own file shuffling and sharding; records within a file stay in order, hence
+    the training shuffle buffer of decoded examples here).
     """
     import tensorflow_datasets as tfds
 
@@ -82,5 +82,6 @@ def tfds_source(name: str, split: str, data_dir: str | None = None,
 
     dataset = dataset.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
     if order is not None:  # records come in runs from each file: mix a few hundred decoded examples
-        dataset = dataset.repeat().shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard + order.skip)
+        dataset = dataset.repeat() if order.endless else dataset
+        dataset = dataset.shuffle(TFDS_SHUFFLE_BUFFER, seed=order.seed + order.shard + order.skip)
     return dataset, info

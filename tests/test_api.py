@@ -1,0 +1,163 @@
+"""The front API through public names only, one test per Keras habit: `from_preset` (architectures, published
+models, .keras files, re-heading), `compile()` defaults, `fit` on one mask per image, `load_dataset` for a folder,
+and the README's fine-tuning example run as written."""
+
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pspnet
+from tests.checkpoints import zoo_entry
+from tests.conftest import TINY_RESNET
+from tests.test_data import write_folder
+
+README = Path(__file__).parent.parent / "README.md"
+PUBLISHED = "pspnet_r50-d8_4xb4-160k_ade20k-512x512"  # a registry name; the tests register a tiny file under it
+SMALL = {"backbone": "resnet10", "stages": 3, "base_width": 8, "head_channels": 16, "aux_channels": 8}
+
+
+@pytest.fixture
+def published(tmp_path, monkeypatch):
+    """PUBLISHED served from a local mirror folder: a tiny R-18 checkpoint with 19 classes and an auxiliary head."""
+    from keras_pspnet import registry
+
+    reference, entry = zoo_entry(tmp_path / "host", PUBLISHED, depth=18)
+    monkeypatch.setitem(registry.ZOO, PUBLISHED, entry)
+    monkeypatch.setenv("KERAS_PSPNET_MIRROR", str(tmp_path / "host"))
+    return entry
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("my_data")
+    write_folder(root, "train", count=6, size=(48, 40), classes=["sky", "road", "car"])
+    write_folder(root, "validation", count=3, size=(44, 36))
+    return root
+
+
+def _weights(model, name):
+    return model.get_layer(name).get_weights()
+
+
+def test_from_preset_loads_published_weights_and_reheads_them(published, tmp_path, capsys):
+    source = keras_pspnet.from_preset(PUBLISHED, cache_dir=str(tmp_path / "cache"))
+    assert source.output.shape[-1] == 19 and not isinstance(source.output, dict)
+    assert keras_pspnet.model_metadata(source)["classes"][0]["name"] == "road"  # its dataset's classes
+    # the old name answers the same
+    same = keras_pspnet.from_pretrained(PUBLISHED, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(_weights(same, "classifier")[0], _weights(source, "classifier")[0])
+
+    tuned = keras_pspnet.from_preset(PUBLISHED, classes=["sky", "road", "car"], aux_head=True,
+                                     cache_dir=str(tmp_path / "cache"))
+    said = capsys.readouterr().err
+    assert isinstance(tuned, keras_pspnet.PSPNet) and tuned.output["logits"].shape[-1] == 3
+    assert f"{PUBLISHED}: loaded " in said and "re-initialised: " in said
+    assert "classifier (shapes [(1, 1, 16, 19), (19,)] -> [(1, 1, 16, 3), (3,)])" in said
+    for name in ("stem_1_conv", "conv5_block2_2_bn", "ppm_6_conv", "head_conv"):  # everything but the classifiers
+        for ours, theirs in zip(_weights(tuned, name), _weights(source, name)):
+            np.testing.assert_array_equal(ours, theirs)
+    assert [c["name"] for c in keras_pspnet.model_metadata(tuned)["classes"]] == ["sky", "road", "car"]
+
+    # the registry's architecture with random weights (no download)
+    bare = keras_pspnet.from_preset("mobilenet-v2-d8_pspnet_4xb4-160k_ade20k-512x512", load_weights=False)
+    assert bare.output.shape[-1] == 150 and bare.get_layer("ppm_1_conv").filters == 512  # mmseg's head on 320 ch.
+    assert keras_pspnet.model_metadata(bare)["classes"][0]["name"] == "wall"
+
+
+def test_from_preset_takes_architectures_and_keras_files(tmp_path, capsys):
+    model = keras_pspnet.from_preset("pspnet_resnet18_v1c", num_classes=5, aux_head=True, **TINY_RESNET)
+    assert isinstance(model, keras_pspnet.PSPNet) and model.output["aux"].shape[-1] == 5
+    path = str(tmp_path / "mine.keras")
+    model.save(path)
+    assert keras_pspnet.from_preset(path).output.shape[-1] == 5  # as saved, without the auxiliary head
+    tuned = keras_pspnet.from_preset(path, num_classes=2, aux_head=True)
+    assert tuned.output["aux"].shape[-1] == 2 and "re-initialised: aux_classifier" in capsys.readouterr().err
+    for ours, theirs in zip(_weights(tuned, "conv4_block2_1_conv"), _weights(model, "conv4_block2_1_conv")):
+        np.testing.assert_array_equal(ours, theirs)
+    fresh = keras_pspnet.from_preset(path, load_weights=False)
+    assert not np.array_equal(_weights(fresh, "head_conv")[0], _weights(model, "head_conv")[0])
+
+    with pytest.raises(ValueError, match="pass num_classes"):
+        keras_pspnet.from_preset("pspnet_resnet50")
+    with pytest.raises(ValueError, match="Unknown preset 'pspnet_r51'.*pretrained list"):
+        keras_pspnet.from_preset("pspnet_r51")
+    with pytest.raises(ValueError, match="base_width would change the architecture"):
+        keras_pspnet.from_preset(path, base_width=4)
+    with pytest.raises(ValueError, match="3 names, but num_classes=4"):
+        keras_pspnet.from_preset("pspnet_resnet50", num_classes=4, classes=["a", "b", "c"])
+    assert PUBLISHED in keras_pspnet.list_presets(with_weights=True)
+
+
+@pytest.mark.parametrize("aux_head", [False, True])
+def test_compile_defaults_train_on_one_mask_per_image(aux_head, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras_pspnet.from_preset("pspnet_resnet18_v1c", num_classes=3, aux_head=aux_head, **SMALL)
+    model.compile(run_eagerly=True)  # the defaults, run eagerly: tracing would cost this small model 20 s
+    optimizer = model.optimizer
+    assert (optimizer.momentum, optimizer.l2) == (0.9, 1e-4)
+    assert optimizer.lr_multipliers and set(optimizer.lr_multipliers.values()) == {10.0}  # pyramid and heads
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 33, 33, 3)).astype("float32")
+    masks = rng.integers(0, 3, (4, 33, 33)).astype("uint8")
+    masks[:, :4] = 255  # ignored
+    history = model.fit(images, masks, batch_size=2, epochs=2, verbose=0)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)  # poly to 0 over the fit
+    assert np.isfinite(history.history["loss"]).all()
+    results = model.evaluate(images, masks, batch_size=2, return_dict=True, verbose=0)
+    predicted = keras_pspnet.inference_model(model).predict(images, verbose=0).argmax(-1)
+    metric = keras.metrics.MeanIoU(3, ignore_class=255)
+    metric.update_state(masks, predicted)
+    assert results["mean_iou"] == pytest.approx(float(metric.result()), abs=1e-6)
+    if aux_head:  # the loss is the segmentation's plus 0.4 x the auxiliary head's
+        assert results["loss"] == pytest.approx(results["logits_loss"] + 0.4 * results["aux_loss"], rel=1e-5)
+    path = str(tmp_path / "compiled.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    assert again.evaluate(images, masks, batch_size=2, return_dict=True, verbose=0)["mean_iou"] == pytest.approx(
+        results["mean_iou"], abs=1e-6)
+
+
+def test_load_dataset_gives_fit_its_batches(folder):
+    train, info = keras_pspnet.load_dataset(str(folder), "train", batch_size=2, crop_size=(33, 33), with_info=True)
+    assert info.class_names == ("sky", "road", "car") and int(train.cardinality()) == 3  # full batches of 6 images
+    first, second = ([m.numpy() for _, m in train] for _ in range(2))
+    assert all(m.shape == (2, 33, 33) for m in first) and any((a != b).any() for a, b in zip(first, second))
+    images, _ = next(iter(train))
+    assert images.dtype == "float32" and float(images.numpy().max()) <= 255
+
+    val = keras_pspnet.load_dataset(str(folder), "validation", batch_size=2)
+    batches = list(val)
+    assert [tuple(m.shape) for _, m in batches] == [(2, 36, 44), (1, 36, 44)]  # every image once, unaugmented
+    again = [m.numpy() for _, m in val]
+    assert all((a == b.numpy()).all() for a, (_, b) in zip(again, batches))  # the same each time
+    with pytest.raises(ValueError, match="crop_size: crops are drawn by the augmentation"):
+        keras_pspnet.load_dataset(str(folder), "validation", batch_size=1, crop_size=(33, 33), augment=False)
+    with pytest.raises(ValueError, match="augment: expected True, False, 'semseg' or 'mmseg'"):
+        keras_pspnet.load_dataset(str(folder), "train", batch_size=1, augment="strong")
+
+
+def readme_block(heading: str) -> str:
+    """The first Python block after `heading` in the README."""
+    text = README.read_text()
+    start = text.index(heading)
+    return re.search(r"```python\n(.*?)```", text[start:], re.S)[1]
+
+
+def test_the_readme_fine_tuning_example_runs(published, folder, tmp_path, monkeypatch, capsys):
+    code = readme_block("### Fine-tune in Python")
+    # documented substitutions for a test's seconds: tiny crops and batches, one epoch
+    small = code.replace("batch_size=8", "batch_size=2, crop_size=(33, 33)").replace("epochs=20", "epochs=1")
+    small = small.replace("model.compile()", "model.compile(run_eagerly=True)")  # (tracing: 40 s more)
+    assert small.count("crop_size=(33, 33)") == small.count("epochs=1") == small.count("run_eagerly") == 1
+    assert '"my_data"' in code
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_data").symlink_to(folder, target_is_directory=True)
+    exec(compile(small, "README.md", "exec"), {})
+    printed = capsys.readouterr()
+    assert f"{PUBLISHED}: loaded " in printed.err, printed.err
+    assert "val_mean_iou" in printed.out, printed.out
+    model = keras_pspnet.load_model(str(tmp_path / "my_pspnet.keras"))
+    assert [c["name"] for c in keras_pspnet.model_metadata(model)["classes"]] == ["sky", "road", "car"]
