@@ -181,8 +181,7 @@ def _evaluate(args) -> None:
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import calibration_images, export_saved_model, export_tflite
-    from keras_pspnet.model import inference_model, model_metadata
-    from keras_pspnet.predictors import load_keras_model
+    from keras_pspnet.model import inference_model, load_model, model_metadata
 
     if args.model.endswith(".tflite") or os.path.isdir(args.model):
         raise ValueError(f"{args.model}: export reads a published name or a .keras model, not a .tflite or "
@@ -195,7 +194,7 @@ def _export(args) -> None:
             raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
         _check_output(args.out, args.force, ".tflite")  # and the metadata beside it, before the model loads
         _check_output(os.path.splitext(args.out)[0] + ".json", args.force, ".json")
-    model = inference_model(load_keras_model(args.model))
+    model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
         path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,

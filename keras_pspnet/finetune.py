@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import keras
 
-from keras_pspnet.model import inference_model, load_model, rebuild
-
-
-def load_init_model(spec: str) -> keras.Model:
-    """The model named by `init_from`: a .keras file or a pretrained name (with its auxiliary head)."""
-    from keras_pspnet.registry import ZOO
-    from keras_pspnet.zoo import from_pretrained
-
-    if spec in ZOO:
-        return from_pretrained(spec, aux_head=True)
-    if spec.endswith(".keras") or os.path.exists(spec):
-        return load_model(spec)
-    raise ValueError(f"init_from {spec!r}: neither a .keras file nor a pretrained name (`pspnet pretrained list`).")
+from keras_pspnet.model import inference_model, rebuild
 
 
 def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batchnorm: bool = False,

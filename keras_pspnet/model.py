@@ -165,10 +165,20 @@ def build_pspnet(
     return model
 
 
-def load_model(path: str) -> keras.Model:
-    """Loads a .keras PSPNet (our layers are registered on import) with a one-line error naming the file."""
+def load_model(path: str, cache_dir: str | None = None) -> keras.Model:
+    """A PSPNet as saved: a .keras file (our layers are registered on import), or a published name (`pspnet
+    pretrained list`: downloaded, verified and converted once by `keras_pspnet.zoo`, with its auxiliary head);
+    an existing file wins over a name. The one place a name or path becomes a model: `from_preset`, `init_from`
+    and every command's --model come here. Errors are one line naming the file."""
+    from keras_pspnet.registry import ZOO
+
+    if path in ZOO and not os.path.exists(path):
+        from keras_pspnet.zoo import from_pretrained
+
+        return from_pretrained(path, aux_head=True, cache_dir=cache_dir)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: model not found")
+        hint = "" if path.endswith(".keras") else " (neither a file nor a published name of `pspnet pretrained list`)"
+        raise FileNotFoundError(f"{path}: model not found{hint}")
     try:
         return keras.saving.load_model(path)
     except (ValueError, OSError) as error:

@@ -229,28 +229,9 @@ def as_predictor(model):
     return KerasPredictor(model) if isinstance(model, keras.Model) else model
 
 
-def load_keras_model(model: str, cache_dir: str | None = None) -> keras.Model:
-    """A Keras model from a published name (a key of `keras_pspnet.registry.ZOO`: downloaded, verified and
-    converted once by `keras_pspnet.zoo.from_pretrained`, then loaded from the cache) or a .keras file. An existing
-    file wins over a published name. What `pspnet predict`, `evaluate` and `export` read with --model.
-    """
-    from keras_pspnet.registry import ZOO
-
-    if model in ZOO and not os.path.exists(model):
-        from keras_pspnet.zoo import from_pretrained
-
-        return from_pretrained(model, cache_dir=cache_dir)
-    if not os.path.exists(model) and not model.endswith(".keras"):
-        raise FileNotFoundError(f"{model}: model not found (neither a file nor a published name of `pspnet "
-                                "pretrained list`)")
-    from keras_pspnet.model import load_model
-
-    return load_model(model)
-
-
 def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None = None):
-    """A predictor for a published name (see `load_keras_model`), a .keras file, a SavedModel (or TF Serving base
-    directory: its latest version) or a .tflite.
+    """A predictor for a published name (see `keras_pspnet.model.load_model`), a .keras file, a SavedModel (or TF
+    Serving base directory: its latest version) or a .tflite.
 
     A SavedModel that `pspnet export` did not write is refused before it is loaded unless `trust_model`: loading a
     SavedModel runs its operations (see `check_saved_model`).
@@ -265,4 +246,6 @@ def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None =
                 raise ValueError(f"{path}: neither a SavedModel nor a TF Serving model directory")
             path = os.path.join(path, str(versions[0]))
         return SavedModelPredictor(path, trust_model)
-    return KerasPredictor(load_keras_model(path, cache_dir))
+    from keras_pspnet.model import load_model
+
+    return KerasPredictor(load_model(path, cache_dir))

@@ -97,18 +97,11 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
         raise ValueError(f"{preset}: {', '.join(unknown)} would change the architecture its weights fit"
                          f"{'; pass load_weights=False for the architecture alone' if preset in ZOO else ''}.")
     from keras_pspnet.finetune import reheaded
-    from keras_pspnet.model import inference_model, load_model
+    from keras_pspnet.model import inference_model, load_model, rebuild
 
-    if preset in ZOO:
-        from keras_pspnet.zoo import from_pretrained
-
-        source = from_pretrained(preset, aux_head=True, cache_dir=cache_dir)
-    else:
-        source = load_model(preset)
-        if not load_weights:  # its architecture, fresh weights
-            from keras_pspnet.model import rebuild
-
-            source = rebuild(source)
+    source = load_model(preset, cache_dir)
+    if not load_weights:  # a file's architecture, fresh weights (a published name's was built above)
+        source = rebuild(source)
     if aux_head and not isinstance(source.output, dict):
         raise ValueError(f"{preset}: saved without its auxiliary head; pass aux_head=False (or train it with one).")
     if num_classes is None and metadata is None and not overrides.get("sync_batchnorm"):

@@ -25,12 +25,13 @@ from keras_pspnet.data.folder import undecodable_images
 from keras_pspnet.data.info import AugmentConfig, DatasetInfo, augment_config
 from keras_pspnet.evaluate import evaluate
 from keras_pspnet.files import read_text, remove_stale_partials, write_text
-from keras_pspnet.finetune import load_init_model, retarget, transfer_weights
+from keras_pspnet.finetune import retarget, transfer_weights
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import (
     build_pspnet,
     head_lr_multipliers,
     is_complete_model,
+    load_model,
     model_mean,
     portable_model,
     save_model,
@@ -225,7 +226,7 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     manager_dir = out("checkpoints")
     resuming = tf.train.latest_checkpoint(manager_dir) is not None
     # init_from's weights matter only for a fresh run; its architecture also when `model` is unset.
-    init = load_init_model(config.init_from) if config.init_from and (not resuming or config.model is None) else None
+    init = load_model(config.init_from) if config.init_from and (not resuming or config.model is None) else None
     with strategy.scope():
         model = build_model(config, info, sync_batchnorm=replicas > 1, init=init)
         counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -172,7 +172,7 @@ def tiny(tmp_path_factory):
 
 def test_published_names_are_models_for_every_command(tiny, tmp_path, monkeypatch, capsys):
     """--model takes a published name (through zoo.from_pretrained, which caches), as predict, evaluate and export
-    read it (`predictors.load_keras_model`); export's older positional MODEL still works, and one of the two is
+    read it (`model.load_model`); export's older positional MODEL still works, and one of the two is
     required."""
     from keras_pspnet import registry, zoo
     from keras_pspnet.model import load_model

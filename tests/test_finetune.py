@@ -80,5 +80,5 @@ def test_init_from_another_architecture_is_refused(tmp_path, source):
                                 "model={backbone: mobilenet_v2, alpha: 0.35, head_channels: 8}"])
     with pytest.raises(ValueError, match=f"init_from {path}: only 0 of .* layers with weights match its layers"):
         train(config, str(tmp_path / "run"), verbose=False)
-    with pytest.raises(ValueError, match="neither a .keras file nor a pretrained name"):
+    with pytest.raises(FileNotFoundError, match="pspnet_nope: model not found \\(neither a file nor a published name"):
         train(load_config(None, ["init_from=pspnet_nope", "steps=1"]), str(tmp_path / "run2"), verbose=False)
