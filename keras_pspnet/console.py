@@ -182,7 +182,8 @@ class Progress:
         of = f"/{self.total}" if self.total else ""
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         values = "".join(f", {k} {_short(v)}" for k, v in self.values.items())
-        print(f"{self.description}: {self.done}{of} {self.unit}s{share}{values}, {now - self._started:.0f} s",
+        unit = self.unit if self.unit[-1:].isupper() else self.unit + "s"  # "images", "steps"; "MiB" as it is
+        print(f"{self.description}: {self.done}{of} {unit}{share}{values}, {now - self._started:.0f} s",
               file=self.stream, flush=True)
 
     def write(self, text: str) -> None:

@@ -1,6 +1,6 @@
 """Published files (checkpoints, ImageNet backbones): downloaded once into the Keras cache and verified.
 
-A file is fetched with `keras.utils.get_file` into `~/.keras/keras_pspnet/checkpoints/` (or under $KERAS_HOME)
+A file is fetched (urllib, with our progress display) into `~/.keras/keras_pspnet/checkpoints/` (or $KERAS_HOME)
 and checked against the SHA-256 prefix its publisher puts in its name (mmsegmentation, OpenMMLab and torchvision
 all publish the first 8 hex digits: 32 bits, enough against a damaged download, not against a forger with a
 GPU); where a full digest is known, all of it is. The first verified download's full digest is kept beside it and
@@ -8,7 +8,7 @@ checked on every later use. $KERAS_PSPNET_MIRROR replaces each file's download b
 folder laid out like the original hosts) for air-gapped machines and the tests; plain-HTTP mirrors are refused
 (loopback aside): on the way, anyone could swap a file for one with the same 8 digits.
 
-Nothing here imports Keras until a file is actually downloaded: `pspnet pretrained list` stays instant.
+Nothing here imports Keras: `pspnet pretrained list` stays instant.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from keras_pspnet.files import partial_name, remove_stale_partials, write_text
 
 MIRROR_ENV = "KERAS_PSPNET_MIRROR"
 CACHE_SUBDIR = "keras_pspnet"
+DOWNLOAD_TIMEOUT = 60  # seconds without a byte before a download is given up
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # plain HTTP never leaves the machine: a local mirror may use it
 
 
@@ -69,21 +70,41 @@ def record_sha256(path: str, digest: str) -> None:
     write_text(path + ".sha256", digest)
 
 
+def _download(url: str, path: str, file_name: str) -> None:
+    """`url` into `path`, with `console.Progress` (a bar on a terminal, plain lines in a log: keras.utils.get_file's
+    bar would write escape codes into logs)."""
+    import urllib.request
+
+    from keras_pspnet.console import Progress
+
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(path, "wb") as out:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        done = 0
+        with Progress(total and -(-total // 2**20), f"downloading {file_name}", "MiB") as shown:
+            while block := response.read(2**20):
+                out.write(block)
+                done += len(block)
+                shown.update(done // 2**20)
+    if total is not None and done != total:
+        raise OSError(f"retrieval incomplete: got {done} of {total} bytes")
+
+
 def fetch(name: str, url: str, file_name: str, cache_dir: str | None = None, sha256: str | None = None) -> str:
     """The published file `file_name` (called `name` in messages) in the cache, downloaded from `url` if missing
     and verified (see the module's docstring). A file that fails the check is removed and named in the error:
     running again downloads it anew."""
     final = os.path.join(cache_folder(cache_dir), "checkpoints", file_name)
-    os.makedirs(os.path.dirname(final), exist_ok=True)  # get_file falls back to /tmp for a folder it cannot write
+    os.makedirs(os.path.dirname(final), exist_ok=True)
     remove_stale_partials(os.path.dirname(final))  # downloads of killed processes
     prefix, path = sha256_prefix(file_name), final
     if not os.path.exists(final):
-        import keras
-
+        path = partial_name(final)
         try:
-            path = keras.utils.get_file(fname=os.path.basename(partial_name(final)), origin=url,
-                                        cache_dir=os.path.dirname(final), cache_subdir="")
-        except Exception as error:  # keras wraps HTTP, URL and truncation errors in a bare Exception
+            _download(url, path, file_name)
+        except Exception as error:  # HTTP, URL, socket and truncation errors alike
+            if os.path.exists(path):
+                os.remove(path)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise OSError(f"{name}: downloading {url} failed ({reason}); nothing was kept, run again to "
                           f"retry{'' if os.environ.get(MIRROR_ENV) else f' or set {MIRROR_ENV} to a mirror'}") from None

@@ -13,7 +13,7 @@ from keras_pspnet.backbones import BACKBONES, backbone_features, load_imagenet_w
 from keras_pspnet.backbones.common import BN_MOMENTUM, batch_norm_factory
 from keras_pspnet.backbones.imagenet import IMAGENET_PREPROCESSING, imagenet_application
 from keras_pspnet.layers import AdaptiveAveragePooling2D, ClassLogits, ConcatConv2D, ResizeLike
-from keras_pspnet.segmenter import PSPNet
+from keras_pspnet.segmenter import PSPNet, as_pspnet
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels 0-255 (torchvision, mmsegmentation)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -180,9 +180,11 @@ def load_model(path: str, cache_dir: str | None = None) -> keras.Model:
         hint = "" if path.endswith(".keras") else " (neither a file nor a published name of `pspnet pretrained list`)"
         raise FileNotFoundError(f"{path}: model not found{hint}")
     try:
-        return keras.saving.load_model(path)
+        model = keras.saving.load_model(path)
     except (ValueError, OSError) as error:
         raise ValueError(f"{path}: cannot load the model ({str(error).splitlines()[0]})") from None
+    # models of older versions were plain functional models: the same layers, with compile()'s defaults now
+    return as_pspnet(model) if "logits" in {layer.name for layer in model.layers} else model
 
 
 def model_input(images, dtype="float32"):
@@ -223,7 +225,7 @@ def inference_model(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model.output, dict):
         return model
-    return keras.Model(model.input, model.output["logits"], name=model.name)
+    return PSPNet(model.input, model.output["logits"], name=model.name)
 
 
 def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | None = None,
@@ -250,7 +252,7 @@ def rebuild(model: keras.Model, *, sync_batchnorm: bool = False, dtype: str | No
             return ClassLogits(metadata, name="logits")
         return layer.__class__.from_config(config)
 
-    return keras.models.clone_model(model, clone_function=clone)
+    return as_pspnet(keras.models.clone_model(model, clone_function=clone))
 
 
 def portable_model(model: keras.Model) -> keras.Model:

@@ -56,7 +56,8 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
         num_classes: classes to predict; default the published model's or the file's (architectures need it,
             or `classes`).
         load_weights: False: the architecture only, with random weights.
-        aux_head: keep (or add) the auxiliary FCN head for training; `compile()` weighs its loss 0.4.
+        aux_head: keep the auxiliary FCN head for training (`compile()` weighs its loss 0.4); architectures and
+            published models have one, a .keras file has one if it was saved with it.
         classes: class names saved with the model (export and predict use them): a list of names, a
             `DatasetInfo` (`load_dataset(..., with_info=True)`) or a class set name (ade20k, cityscapes, voc,
             context, pets); sets `num_classes` when that is not given.
@@ -106,6 +107,12 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
         raise ValueError(f"{preset}: saved without its auxiliary head; pass aux_head=False (or train it with one).")
     if num_classes is None and metadata is None and not overrides.get("sync_batchnorm"):
         return source if aux_head else inference_model(source)
+    if metadata is None and num_classes not in (None, inference_model(source).output.shape[-1]):
+        # other classes: the source's names, published mIoU and test protocol no longer describe the model
+        from keras_pspnet.data.classes import classes_metadata
+        from keras_pspnet.data.info import generic_classes
+
+        metadata = {"classes": classes_metadata(generic_classes(num_classes))}
     return reheaded(source, num_classes, aux_head=aux_head, metadata=metadata, name=preset,
                     sync_batchnorm=overrides.get("sync_batchnorm", False))
 

@@ -70,9 +70,11 @@ class PSPNet(keras.Model):
         return int(logits.shape[-1])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if sample_weight is not None:  # the loss averages over labelled pixels: a weight per image would only scale it
+            raise ValueError("PSPNet: sample_weight and class_weight are not supported by the segmentation loss; "
+                             "set the labels of pixels to leave out to 255 (ignored)")
         # One mask per image for every head: Keras would want a dict of targets matching the outputs.
-        return super().compute_loss(x, _per_output(y, y_pred), y_pred, _per_output(sample_weight, y_pred),
-                                    training=training)
+        return super().compute_loss(x, _per_output(y, y_pred), y_pred, training=training)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if getattr(self, "_metrics_on_logits", False) and isinstance(y_pred, dict):
@@ -94,29 +96,40 @@ class PSPNet(keras.Model):
         if inner is not None:
             schedule = getattr(inner, "_learning_rate", schedule)
         if isinstance(schedule, PolyOverFit):
-            callbacks = [*(callbacks or []), _FitLength(schedule, initial_epoch)]
+            callbacks = [*(callbacks or []), _FitLength(schedule)]
             self.train_function = None  # the fit's length is part of the traced step: trace it anew
         return super().fit(x, y, *args, callbacks=callbacks, initial_epoch=initial_epoch, **kwargs)
 
 
+def as_pspnet(model: keras.Model) -> PSPNet:
+    """`model` as a `PSPNet` (the same layers and weights): models saved before the class existed, and clones and
+    sub-models of one, get `compile()`'s defaults too."""
+    return model if isinstance(model, PSPNet) else PSPNet(model.input, model.output, name=model.name)
+
+
 def _per_output(value, y_pred):
-    """`value` (a target or sample weight) for each output of a model with several, unless given per output."""
+    """`value` (a target) for each output of a model with several, unless given per output."""
     if value is None or not isinstance(y_pred, dict) or isinstance(value, dict):
         return value
     return {name: value for name in y_pred}
 
 
 class _FitLength(keras.callbacks.Callback):
-    """Tells a `PolyOverFit` schedule where this fit starts and how many steps it has, once Keras knows them."""
+    """Tells a `PolyOverFit` schedule where this fit's decay starts and how many steps it has, once Keras knows them:
+    over all `epochs` x steps, counted from epoch 0, so a fit resumed at `initial_epoch` (or by BackupAndRestore)
+    with its optimizer's step count goes on along the same curve."""
 
-    def __init__(self, schedule, initial_epoch: int):
+    def __init__(self, schedule):
         super().__init__()
-        self.schedule, self.initial_epoch = schedule, initial_epoch
+        self.schedule, self.begun = schedule, False
 
-    def on_train_begin(self, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.begun:
+            return
+        self.begun = True
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        total = (epochs - self.initial_epoch) * steps if steps and epochs else None
-        if total is None:
-            print("PolyOverFit: the number of steps of this fit is unknown (a dataset of unknown size: pass "
-                  "steps_per_epoch); training at the initial learning rate", file=sys.stderr)
-        self.schedule.begin(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), total)
+        if not steps:
+            why = "an epoch has no step" if steps == 0 else "the steps of an epoch are unknown (pass steps_per_epoch)"
+            print(f"PolyOverFit: {why}; training at the initial learning rate", file=sys.stderr)
+        iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.schedule.begin(iterations - epoch * (steps or 0), epochs * steps if steps and epochs else None)

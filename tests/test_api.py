@@ -45,6 +45,7 @@ def _weights(model, name):
 def test_from_preset_loads_published_weights_and_reheads_them(published, tmp_path, capsys):
     source = keras_pspnet.from_preset(PUBLISHED, cache_dir=str(tmp_path / "cache"))
     assert source.output.shape[-1] == 19 and not isinstance(source.output, dict)
+    assert isinstance(source, keras_pspnet.PSPNet)  # compile() has its defaults on every path
     assert keras_pspnet.model_metadata(source)["classes"][0]["name"] == "road"  # its dataset's classes
     # the old name answers the same
     same = keras_pspnet.from_pretrained(PUBLISHED, cache_dir=str(tmp_path / "cache"))
@@ -60,6 +61,12 @@ def test_from_preset_loads_published_weights_and_reheads_them(published, tmp_pat
         for ours, theirs in zip(_weights(tuned, name), _weights(source, name)):
             np.testing.assert_array_equal(ours, theirs)
     assert [c["name"] for c in keras_pspnet.model_metadata(tuned)["classes"]] == ["sky", "road", "car"]
+    # re-headed by count: generic names, and no published mIoU or test protocol that no longer describe it
+    counted = keras_pspnet.from_preset(PUBLISHED, num_classes=2, cache_dir=str(tmp_path / "cache"))
+    assert isinstance(counted, keras_pspnet.PSPNet) and counted.output.shape[-1] == 2
+    assert keras_pspnet.model_metadata(counted) == {"classes": [{"name": "class_0", "color": [0, 0, 0]},
+                                                                {"name": "class_1", "color": [128, 0, 0]}]}
+    assert "protocol" in keras_pspnet.model_metadata(source) and "source" in keras_pspnet.model_metadata(source)
 
     # the registry's architecture with random weights (no download)
     bare = keras_pspnet.from_preset("mobilenet-v2-d8_pspnet_4xb4-160k_ade20k-512x512", load_weights=False)
@@ -118,6 +125,37 @@ def test_compile_defaults_train_on_one_mask_per_image(aux_head, tmp_path):
     again = keras.saving.load_model(path)
     assert again.evaluate(images, masks, batch_size=2, return_dict=True, verbose=0)["mean_iou"] == pytest.approx(
         results["mean_iou"], abs=1e-6)
+    with pytest.raises(ValueError, match="sample_weight and class_weight are not supported .* to 255"):
+        model.fit(images, masks, sample_weight=np.ones(4), epochs=1, verbose=0)
+
+
+class _Rates(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate))
+
+
+def test_a_resumed_fit_goes_on_along_the_same_learning_rate_curve(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 33, 33, 3)).astype("float32")
+    masks = rng.integers(0, 3, (4, 33, 33)).astype("uint8")
+    whole, first, second = _Rates(), _Rates(), _Rates()
+    model = keras_pspnet.from_preset("pspnet_resnet18_v1c", num_classes=3, **SMALL)
+    model.compile(run_eagerly=True)
+    model.fit(images, masks, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=[whole])
+    model = keras_pspnet.from_preset("pspnet_resnet18_v1c", num_classes=3, **SMALL)
+    model.compile(run_eagerly=True)
+    model.fit(images, masks, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[first])
+    model.save(str(tmp_path / "epoch1.keras"))
+    resumed = keras.saving.load_model(str(tmp_path / "epoch1.keras"))  # its optimizer's step count with it
+    resumed.fit(images, masks, batch_size=2, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=[second])
+    expected = [0.01 * (1 - k / 6) ** 0.9 for k in range(6)]  # poly over the 3 epochs x 2 steps
+    np.testing.assert_allclose(whole.rates, expected, rtol=1e-5)
+    np.testing.assert_allclose(first.rates, [0.01, 0.01 * 0.5 ** 0.9], rtol=1e-5)  # a fit of its own: 1 epoch
+    np.testing.assert_allclose(second.rates, expected[2:], rtol=1e-5)
 
 
 def test_load_dataset_gives_fit_its_batches(folder):
@@ -137,6 +175,8 @@ def test_load_dataset_gives_fit_its_batches(folder):
         keras_pspnet.load_dataset(str(folder), "validation", batch_size=1, crop_size=(33, 33), augment=False)
     with pytest.raises(ValueError, match="augment: expected True, False, 'semseg' or 'mmseg'"):
         keras_pspnet.load_dataset(str(folder), "train", batch_size=1, augment="strong")
+    with pytest.raises(ValueError, match="train: fewer images than batch_size 8"):
+        keras_pspnet.load_dataset(str(folder), "train", batch_size=8)
 
 
 def readme_block(heading: str) -> str:
@@ -161,3 +201,14 @@ def test_the_readme_fine_tuning_example_runs(published, folder, tmp_path, monkey
     assert "val_mean_iou" in printed.out, printed.out
     model = keras_pspnet.load_model(str(tmp_path / "my_pspnet.keras"))
     assert [c["name"] for c in keras_pspnet.model_metadata(model)["classes"]] == ["sky", "road", "car"]
+
+
+def test_the_readme_published_model_example_runs(published, tmp_path, monkeypatch):
+    from PIL import Image
+
+    code = readme_block("## Published PSPNets in one line")
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save("photo.jpg")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["labels"].shape == (50, 70) and namespace["labels"].max() < 19  # the photo's size, its classes

@@ -171,18 +171,20 @@ def tiny(tmp_path_factory):
 
 
 def test_published_names_are_models_for_every_command(tiny, tmp_path, monkeypatch, capsys):
-    """--model takes a published name (through zoo.from_pretrained, which caches), as predict, evaluate and export
-    read it (`model.load_model`); export's older positional MODEL still works, and one of the two is
+    """--model takes a published name (downloaded, verified and converted once, then cached), as predict, evaluate
+    and export read it (`model.load_model`); export's older positional MODEL still works, and one of the two is
     required."""
     from keras_pspnet import registry, zoo
-    from keras_pspnet.model import load_model
+    from tests.checkpoints import zoo_entry
 
-    name, loaded = "pspnet_tiny_test-512x512", []
-    monkeypatch.setitem(registry.ZOO, name, registry.ZOO["pspnet_r50-d8_4xb4-160k_ade20k-512x512"])
-    monkeypatch.setattr(zoo, "from_pretrained", lambda model, **options: loaded.append(model) or load_model(tiny[0]))
+    name = "pspnet_tiny_test-512x512"
+    _, entry = zoo_entry(tmp_path / "host", name, depth=18)  # served from a mirror folder, as air-gapped users do
+    monkeypatch.setitem(registry.ZOO, name, entry)
+    monkeypatch.setenv(zoo.MIRROR_ENV, str(tmp_path / "host"))
     assert main(["predict", "--model", name, tiny[1][0], "--out", str(tmp_path / "predicted")]) == 0
+    assert os.path.isfile(zoo.converted_path(name)) and os.path.isfile(tmp_path / "predicted" / "photo0_label.png")
+    monkeypatch.setenv(zoo.MIRROR_ENV, "http://127.0.0.1:9/")  # nothing listens there: the cache answers
     assert main(["export", "--model", name, "--out", str(tmp_path / "serving"), "--warmup-size", "none"]) == 0
-    assert loaded == [name, name] and os.path.isfile(tmp_path / "predicted" / "photo0_label.png")
     assert os.path.isfile(tmp_path / "serving" / "1" / "saved_model.pb")
     capsys.readouterr()
     for args in (["export", "--out", "x"], ["export", tiny[0], "--model", tiny[0], "--out", "x"]):

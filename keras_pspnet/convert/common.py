@@ -10,7 +10,7 @@ import numpy as np
 
 from keras_pspnet.convert.pth import read_pth
 from keras_pspnet.data.classes import CLASS_SETS, checked_classes
-from keras_pspnet.data.info import DatasetInfo, default_colors
+from keras_pspnet.data.info import DatasetInfo, generic_classes
 from keras_pspnet.files import short_repr
 from keras_pspnet.protocol import REFERENCE_DATASETS
 
@@ -55,7 +55,7 @@ def checkpoint_classes(meta: Mapping, num_classes: int, path: str, spec=None) ->
         elif num_classes in REFERENCE_DATASETS:
             info = CLASS_SETS[REFERENCE_DATASETS[num_classes]]
         else:
-            info = DatasetInfo("classes", tuple(f"class_{i}" for i in range(num_classes)), default_colors(num_classes))
+            info = generic_classes(num_classes)
     if info.num_classes != num_classes:
         raise ValueError(f"{path}: the checkpoint has {num_classes} classes, its class names {info.num_classes}.")
     return info

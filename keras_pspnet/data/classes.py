@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from keras_pspnet.data.info import AugmentConfig, DatasetInfo, default_colors
+from keras_pspnet.data.info import AugmentConfig, DatasetInfo, default_colors, generic_classes
 from keras_pspnet.files import read_text, short_repr
 
 ADE20K_CLASSES = (
@@ -165,7 +165,7 @@ def resolve_classes(spec: str | None, num_classes: int, model_path: str | None =
         candidate = os.path.join(folder, CLASSES_FILE)
         spec = candidate if os.path.isfile(candidate) else None
     if spec is None:
-        return DatasetInfo("classes", tuple(f"class_{i}" for i in range(num_classes)), default_colors(num_classes))
+        return generic_classes(num_classes)
     if spec in CLASS_SETS:
         info = CLASS_SETS[spec]
     elif os.path.isfile(spec):

@@ -17,7 +17,7 @@ from PIL import Image
 from keras_pspnet.console import progress
 from keras_pspnet.data.classes import read_classes
 from keras_pspnet.data.image import EXIF_SEARCH_BYTES, decode_rgb, exif_orientation
-from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, default_colors
+from keras_pspnet.data.info import IGNORE_LABEL, DatasetInfo, generic_classes
 from keras_pspnet.data.order import TrainingOrder, epoch_indices
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # what decode_rgb reads
@@ -115,8 +115,8 @@ def folder_source(root: str, split: str, num_classes: int | None = None, validat
         if known is None:  # no classes.json and no num_classes: the largest label seen decides
             labels = np.concatenate(values)
             known = int(labels[labels != IGNORE_LABEL].max(initial=0)) + 1
-    names, colors = classes or (tuple(f"class_{i}" for i in range(known)), default_colors(known))
-    info = DatasetInfo(os.path.basename(os.path.normpath(root)), names, colors)
+    name = os.path.basename(os.path.normpath(root))
+    info = DatasetInfo(name, *classes) if classes else generic_classes(known, name)
 
     def load(image_path, mask_path):
         image = decode_rgb(tf.io.read_file(image_path))

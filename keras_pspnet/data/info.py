@@ -113,6 +113,11 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+def generic_classes(num_classes: int, name: str = "classes") -> DatasetInfo:
+    """Classes known only by their count: class_0, class_1, ... in the PASCAL VOC colours."""
+    return DatasetInfo(name, tuple(f"class_{i}" for i in range(num_classes)), default_colors(num_classes))
+
+
 def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     """The PASCAL VOC colour map (bit-interleaved), which gives any number of distinct colours."""
     colors = []

@@ -37,7 +37,8 @@ def load_dataset(
     A training split (a name starting with "train") is read as `pspnet train` reads it: every image once per
     epoch in a new order (permuted before decoding), augmented by the dataset's recipe (random scale 0.5-2.0,
     rotation, blur, flip, crop/pad to `crop_size`), full batches only. Other splits: every image once, in a fixed
-    order, unaugmented at its own size, batched padded to the batch's largest image (pixels `mean`, labels 255).
+    order, unaugmented at its own size, batched padded to the batch's largest image (pixels `mean`, labels 255;
+    the pyramid's pooling sees the padding, so `batch_size=1` measures what `pspnet evaluate` does).
     Keras reads the dataset anew each epoch, so `fit(dataset, epochs=N)` needs no `steps_per_epoch`.
 
     Args:
@@ -72,11 +73,15 @@ def load_dataset(
             raise ValueError(f"crop_size: expected (height, width) >= 1, got {tuple(crop_size)}")
         config = _augment_config(augment, info)
         dataset = train_pipeline(dataset, info.name, crop, int(batch_size), config, mean, seed=seed, repeat=False)
-    else:
-        fill = float(sum(mean) / 3)  # one value per component: padded_batch pads every channel alike
+        if int(dataset.cardinality()) == 0:
+            raise ValueError(f"{source} {split}: fewer images than batch_size {batch_size} (training keeps whole "
+                             "batches only)")
+    else:  # padded with the mean colour (0 once the model normalises), as the references pad; labels 255
+        offset = tf.constant(mean, tf.float32)
         dataset = dataset.map(lambda e: check_pair(e, info.name), num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.map(lambda e: (tf.cast(e["image"], tf.float32), e["mask"]))
-        dataset = dataset.padded_batch(int(batch_size), padding_values=(fill, tf.constant(IGNORE_LABEL, tf.uint8)))
+        dataset = dataset.map(lambda e: (tf.cast(e["image"], tf.float32) - offset, e["mask"]))
+        dataset = dataset.padded_batch(int(batch_size), padding_values=(0.0, tf.constant(IGNORE_LABEL, tf.uint8)))
+        dataset = dataset.map(lambda images, masks: (images + offset, masks))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return (dataset, info) if with_info else dataset
 
