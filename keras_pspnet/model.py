@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import keras
@@ -55,6 +56,26 @@ def segmentation_head(x, image, num_classes, channels, dropout, norm, prefix, al
     x = ResizeLike(align_corners, name=f"{name}_resize")([x, image])
     # Logits stay float32 under mixed precision: the loss and argmax need them.
     return ClassLogits(metadata, name="logits" if prefix == "head" else prefix)(x)
+
+
+def with_aux_head(model: keras.Model, sync_batchnorm: bool = False) -> PSPNet:
+    """`model` (a PSPNet of ours without its auxiliary head, as training saves one) with a new, randomly initialised
+    auxiliary FCN head on the stage build_pspnet feeds it (stage 3 of 4 of a ResNet, MobileNetV2's 96-channel stage),
+    half the main head's width, its dropout and upsampling: to fine-tune a saved model as the recipe trains."""
+    names = {layer.name for layer in model.layers}
+    stages = sorted({int(m[1]) for n in names if (m := re.fullmatch(r"conv(\d+)_block\d+_out", n))})
+    if "block_12_add" in names:  # MobileNetV2: the last block of its 96-channel stage
+        features = "block_12_add"
+    elif len(stages) >= 2 and "head_conv" in names:
+        last = max(int(m[1]) for n in names if (m := re.fullmatch(rf"conv{stages[-2]}_block(\d+)_out", n)))
+        features = f"conv{stages[-2]}_block{last}_out"
+    else:
+        raise ValueError(f"{model.name}: not a PSPNet of ours (no backbone stage to put an auxiliary head on)")
+    logits = inference_model(model).output
+    aux = segmentation_head(model.get_layer(features).output, model.input, logits.shape[-1],
+                            model.get_layer("head_conv").filters // 2, model.get_layer("head_dropout").rate,
+                            batch_norm_factory(1e-5, sync_batchnorm), "aux", uses_align_corners(model))
+    return PSPNet(model.input, {"logits": logits, "aux": aux}, name=model.name)
 
 
 def build_pspnet(

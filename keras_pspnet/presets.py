@@ -56,8 +56,8 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
         num_classes: classes to predict; default the published model's or the file's (architectures need it,
             or `classes`).
         load_weights: False: the architecture only, with random weights.
-        aux_head: keep the auxiliary FCN head for training (`compile()` weighs its loss 0.4); architectures and
-            published models have one, a .keras file has one if it was saved with it.
+        aux_head: keep the auxiliary FCN head for training (`compile()` weighs its loss 0.4); a .keras file saved
+            without one (as `pspnet train` saves) gets a new, randomly initialised one.
         classes: class names saved with the model (export and predict use them): a list of names, a
             `DatasetInfo` (`load_dataset(..., with_info=True)`) or a class set name (ade20k, cityscapes, voc,
             context, pets); sets `num_classes` when that is not given.
@@ -66,6 +66,7 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
             weights fit their own architecture).
     """
     import os
+    import sys
 
     from keras_pspnet.registry import ZOO
 
@@ -98,13 +99,14 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
         raise ValueError(f"{preset}: {', '.join(unknown)} would change the architecture its weights fit"
                          f"{'; pass load_weights=False for the architecture alone' if preset in ZOO else ''}.")
     from keras_pspnet.finetune import reheaded
-    from keras_pspnet.model import inference_model, load_model, rebuild
+    from keras_pspnet.model import inference_model, load_model, rebuild, with_aux_head
 
     source = load_model(preset, cache_dir)
     if not load_weights:  # a file's architecture, fresh weights (a published name's was built above)
         source = rebuild(source)
-    if aux_head and not isinstance(source.output, dict):
-        raise ValueError(f"{preset}: saved without its auxiliary head; pass aux_head=False (or train it with one).")
+    if aux_head and not isinstance(source.output, dict):  # saved for deployment (as `pspnet train` saves)
+        source = with_aux_head(source)
+        print(f"{preset}: saved without an auxiliary head; added a new one (randomly initialised)", file=sys.stderr)
     if num_classes is None and metadata is None and not overrides.get("sync_batchnorm"):
         return source if aux_head else inference_model(source)
     if metadata is None and num_classes not in (None, inference_model(source).output.shape[-1]):

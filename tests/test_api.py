@@ -212,3 +212,24 @@ def test_the_readme_published_model_example_runs(published, tmp_path, monkeypatc
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["labels"].shape == (50, 70) and namespace["labels"].max() < 19  # the photo's size, its classes
+
+
+@pytest.mark.parametrize("preset,widths", [("pspnet_resnet18_v1c", TINY_RESNET),
+                                           ("pspnet_mobilenet_v2", {"alpha": 0.35, "head_channels": 8,
+                                                                    "aux_channels": 4})])
+def test_a_model_saved_without_its_auxiliary_head_gets_one_to_fine_tune(preset, widths, tmp_path, capsys):
+    """`pspnet train` saves its final model for deployment (no auxiliary head): `from_preset(file, aux_head=True)`
+    adds a fresh one where build_pspnet puts it, so the result is the architecture built with one."""
+    built = keras_pspnet.from_preset(preset, num_classes=3, aux_head=True, **widths)
+    path = str(tmp_path / "deployed.keras")
+    keras_pspnet.inference_model(built).save(path)
+    added = keras_pspnet.from_preset(path, aux_head=True)
+    assert "added a new one (randomly initialised)" in capsys.readouterr().err
+    assert isinstance(added, keras_pspnet.PSPNet) and set(added.output) == {"logits", "aux"}
+    for layer in built.layers:  # the same graph: with the built model's weights it computes the same outputs
+        if layer.weights:
+            added.get_layer(layer.name).set_weights(layer.get_weights())
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    for name in ("logits", "aux"):
+        np.testing.assert_allclose(added.predict(pixels, verbose=0)[name], built.predict(pixels, verbose=0)[name],
+                                   atol=1e-5)
