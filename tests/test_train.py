@@ -66,7 +66,7 @@ def test_sigkill_resume_export(tmp_path, policy):
     """Train, SIGKILL, rerun the same command: it resumes at the checkpoint's step; the saved model is float32
     with the trained weights, and its SavedModel and TFLite exports give its output."""
     run_dir = str(tmp_path / "run")
-    overrides = TINY + ["steps=100", "checkpoint_every=5", "min_learning_rate=0.001"]  # far from done at step 10
+    overrides = TINY + ["steps=40", "checkpoint_every=5", "min_learning_rate=0.001"]  # far from done at step 10
     overrides += [f"mixed_precision={policy}"] if policy else []
     args = pspnet("train", "--out", run_dir, *[a for s in overrides for a in ("--set", s)])
     process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -85,7 +85,7 @@ def test_sigkill_resume_export(tmp_path, policy):
     start = int(re.search(r"resuming .* from step (\d+)", resumed.stdout).group(1))
     assert start == killed_at and start >= 10 and start % 5 == 0
     counter, applied, rate, trained = restored_counter(run_dir, policy)
-    assert counter == 100 and applied <= 100  # mixed_float16 does not apply steps whose gradients overflowed
+    assert counter == 40 and applied <= 40  # mixed_float16 does not apply steps whose gradients overflowed
     assert rate == pytest.approx(0.001, rel=1e-6)  # the poly schedule reached min_learning_rate at the end
     assert "trained" in resumed.stdout
 
