@@ -153,8 +153,10 @@ def _evaluate(args) -> None:
 
     if args.json:
         _check_output(args.json, args.force, ".json", "--json")
-    if args.json and os.path.abspath(args.json) in {os.path.abspath(args.model),
-                                                    os.path.abspath(os.path.splitext(args.model)[0] + ".json")}:
+    from keras_pspnet.predictors import tflite_json
+
+    own_files = {os.path.abspath(path) for path in (args.model, tflite_json(args.model))}
+    if args.json and os.path.abspath(args.json) in own_files:
         raise ValueError(f"{args.json}: is the model's own file (a .tflite's metadata); choose another --json")
     predictor = _load_predictor(args)
     protocol = _protocol(args, predictor)
@@ -182,6 +184,7 @@ def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import calibration_images, export_saved_model, export_tflite
     from keras_pspnet.model import inference_model, load_model, model_metadata
+    from keras_pspnet.predictors import tflite_json
 
     if args.model.endswith(".tflite") or os.path.isdir(args.model):
         raise ValueError(f"{args.model}: export reads a published name or a .keras model, not a .tflite or "
@@ -193,7 +196,7 @@ def _export(args) -> None:
         if not args.input_size:
             raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
         _check_output(args.out, args.force, ".tflite")  # and the metadata beside it, before the model loads
-        _check_output(os.path.splitext(args.out)[0] + ".json", args.force, ".json")
+        _check_output(tflite_json(args.out), args.force, ".json")
     model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
@@ -213,18 +216,16 @@ def _export(args) -> None:
         path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
                              outputs=outputs, calibration=calibration, overwrite=args.force)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, {outputs}) "
-          f"and {os.path.splitext(path)[0]}.json")
+          f"and {tflite_json(path)}")
 
 
 def _predict(args) -> int:
     from keras_pspnet.console import report
     from keras_pspnet.data.classes import resolve_classes
-    from keras_pspnet.predict import output_names, predict_files
+    from keras_pspnet.predict import existing_outputs, predict_files
 
     if not args.force:  # a rerun into the same folder: said once, before the model loads, and nothing replaced
-        done = [[f"{name}_{kind}.png" for kind in ("label", "color", "overlay") if os.path.lexists(
-            f"{name}_{kind}.png")] for name in output_names(args.images, args.out)]
-        done = [files[0] for files in done if files]
+        done = existing_outputs(args.images, args.out)
         if done:
             more = f", as do the outputs of {len(done) - 1} more of these images" if len(done) > 1 else ""
             report(f"{done[0]}: already exists{more}; nothing predicted (use --force to replace them, or a new "

@@ -25,7 +25,7 @@ from keras_pspnet.model import (
     model_metadata,
     uses_align_corners,
 )
-from keras_pspnet.predictors import METADATA_FILE
+from keras_pspnet.predictors import METADATA_FILE, tflite_json
 from keras_pspnet.protocol import TestProtocol, own_protocol
 
 QUANTIZATIONS = ("none", "fp16", "int8")
@@ -285,7 +285,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
                          "'classifier_resize'); use the class_map output")
     if quantize == "int8" and calibration is None:
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
-    json_path = os.path.splitext(path)[0] + ".json"
+    json_path = tflite_json(path)
     for existing in (path, json_path):
         check_new_output(existing, overwrite)
     height, width = input_size

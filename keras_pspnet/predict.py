@@ -89,6 +89,21 @@ def output_names(paths: Sequence[str], out_dir: str) -> list[str]:
     return [os.path.join(out_dir, name) for name in names]
 
 
+OUTPUT_KINDS = ("label", "color", "overlay")
+
+
+def output_files(name: str) -> dict[str, str]:
+    """The PNGs written for the image whose output prefix (`output_names`) is `name`, by kind."""
+    return {kind: f"{name}_{kind}.png" for kind in OUTPUT_KINDS}
+
+
+def existing_outputs(paths: Sequence[str], out_dir: str) -> list[str]:
+    """For each image of `paths` with an output in `out_dir` already, one such file: what a rerun would replace."""
+    found = [[path for path in output_files(name).values() if os.path.lexists(path)]
+             for name in output_names(paths, out_dir)]
+    return [files[0] for files in found if files]
+
+
 def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetInfo,
                   protocol: TestProtocol | None = None, *, force: bool = False, max_side: int = MAX_SIDE,
                   window_batch: int | None = None, max_memory: int | str | None = None,
@@ -111,7 +126,7 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, info: DatasetIn
     names = output_names(paths, out_dir)
     for path, name in progress(list(zip(paths, names)), description="predicting", unit="image",
                                enabled=len(paths) > 1):
-        outputs = {kind: f"{name}_{kind}.png" for kind in ("label", "color", "overlay")}
+        outputs = output_files(name)
         try:
             for output in outputs.values():
                 _check_output(output, out_dir, force)

@@ -29,6 +29,11 @@ from keras_pspnet.protocol import LARGEST_SIDE, own_protocol
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 
 
+def tflite_json(path: str) -> str:
+    """The metadata JSON written beside a .tflite: <name>.json."""
+    return os.path.splitext(path)[0] + ".json"
+
+
 class KerasPredictor:
     """A Keras model; an auxiliary head is dropped (`inference_model`).
 
@@ -193,7 +198,7 @@ class TFLitePredictor(_ExportedPredictor):
                               "(the [serving] extra)") from None
         from keras_pspnet.tflite import LAYOUTS, packed_json
 
-        super().__init__(path, os.path.splitext(path)[0] + ".json", packed_json(path))
+        super().__init__(path, tflite_json(path), packed_json(path))
         try:
             self.runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
         except (ValueError, RuntimeError) as error:  # LiteRT's words for a damaged file: "Could not open", ...
