@@ -17,48 +17,87 @@ from keras_pspnet.files import check_nodes, read_text, short_repr, write_text
 class TrainConfig:
     """Everything a training run needs; the YAML keys are these field names."""
 
-    dataset: str = "context"  # context, scene_parse150, cityscapes/semantic_segmentation, oxford_iiit_pet, or a folder
-    data_dir: str | None = None  # TFDS data_dir
+    dataset: str = "context"
+    """`context` (synthetic scenes), `scene_parse150`, `cityscapes/semantic_segmentation`, `oxford_iiit_pet`, or
+    a folder `ROOT` holding `ROOT/<split>/{images,masks}` (and optionally `ROOT/classes.json`)."""
+    data_dir: str | None = None
+    """TFDS `data_dir` of the TFDS datasets (they are never downloaded at run time)."""
     train_split: str = "train"
-    val_split: str | None = "validation"  # null: no evaluation
-    num_classes: int | None = None  # folder datasets without classes.json
-    context_scenes: int | None = None  # number of synthetic training scenes (default 600)
-    context_size: int | None = None  # side of the synthetic scenes (default: keras_pspnet.data.context.DEFAULT_SIZE)
-    # build_pspnet / from_preset arguments; null: {"preset": "pspnet_resnet50"}, or init_from's architecture
+    """The split to train on."""
+    val_split: str | None = "validation"
+    """The split to validate on; `null`: no evaluation."""
+    num_classes: int | None = None
+    """Class count of a folder dataset without `classes.json` (else its largest label + 1)."""
+    context_scenes: int | None = None
+    """Number of synthetic training scenes (default 600)."""
+    context_size: int | None = None
+    """Side of the synthetic scenes (default `keras_pspnet.data.context.DEFAULT_SIZE`)."""
     model: dict | None = None
-    init_from: str | None = None  # a .keras model or a pretrained name: fine-tune from its weights
-    # "imagenet" or the keras.applications .h5 path, or a reference's ImageNet backbone: a name (resnet50_v1c,
-    # torchvision_resnet50, mobilenet_v2_mmcls, ...) or a .pth (the authors' initmodel/resnet50_v2.pth): build_pspnet
+    """`build_pspnet` / `from_preset` arguments, e.g. `{preset: pspnet_resnet101}`; `null`:
+    `{preset: pspnet_resnet50}`, or `init_from`'s own architecture."""
+    init_from: str | None = None
+    """A `.keras` model or a published name: fine-tune from its weights (classifiers of another class count are
+    re-initialised)."""
     backbone_weights: str | None = None
+    """ImageNet backbone: `imagenet` or a keras.applications `.h5` path, or a reference's backbone by name
+    (`resnet50_v1c`, `torchvision_resnet50`, `mobilenet_v2_mmcls`, ...) or `.pth` (the authors'
+    `initmodel/resnet50_v2.pth`); see `build_pspnet`."""
     crop_size: tuple[int, int] = (473, 473)
-    batch_size: int = 16  # global, over all replicas
+    """Training crop, height and width."""
+    batch_size: int = 16
+    """Global batch, over all replicas and workers."""
     steps: int = 1000
-    optimizer: str = "sgd"  # sgd (torch.optim.SGD's update, see keras_pspnet.optimizers) or adam
+    """Training steps (the poly schedule ends there)."""
+    optimizer: str = "sgd"
+    """`sgd` (`torch.optim.SGD`'s update, see `keras_pspnet.optimizers`) or `adam`."""
     learning_rate: float = 0.01
-    min_learning_rate: float = 0.0  # where the poly schedule ends (mmsegmentation: 1e-4; authors' code: 0)
+    """Where the poly schedule starts."""
+    min_learning_rate: float = 0.0
+    """Where the poly schedule ends (mmsegmentation: 1e-4; the authors' code: 0)."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
-    weight_decay_mode: str | None = None  # sgd: coupled (PyTorch's, every reference; the default) or decoupled
-    # (Keras'); adam always decays decoupled (AdamW)
-    head_lr_mult: float = 1.0  # learning-rate factor of the pyramid, head and aux head (authors' code: 10)
-    lr_power: float = 0.9  # poly schedule from learning_rate to min_learning_rate
-    # poly: reaches min_learning_rate after `steps` (authors' poly_learning_rate); poly_mmengine: after steps - 1
-    # (mmengine's PolyLR: total_iters = end - begin - 1)
+    """Weight decay."""
+    weight_decay_mode: str | None = None
+    """`sgd`: `coupled` (PyTorch's, every reference; the default) or `decoupled` (Keras'); `adam` always decays
+    decoupled (AdamW)."""
+    head_lr_mult: float = 1.0
+    """Learning-rate factor of the pyramid, head and auxiliary head (the authors' code: 10)."""
+    lr_power: float = 0.9
+    """Power of the poly schedule from `learning_rate` to `min_learning_rate`."""
     lr_schedule: str = "poly"
-    aux_weight: float = 0.4  # 0 trains without the auxiliary head
-    avg_non_ignore: bool = True  # loss averaged over labelled pixels (authors' code) or all pixels (mmseg's default)
-    augment: dict = dataclasses.field(default_factory=dict)  # overrides of the dataset's defaults
-    mixed_precision: str | None = None  # null, mixed_float16 or mixed_bfloat16
-    distribute: str = "auto"  # auto, none, mirrored, multi_worker
-    cluster_timeout: float = 300.0  # multi_worker: seconds to wait for every worker of TF_CONFIG to join
+    """`poly` reaches `min_learning_rate` after `steps` (the authors' `poly_learning_rate`); `poly_mmengine` after
+    `steps - 1` (mmengine's `PolyLR`: `total_iters = end - begin - 1`)."""
+    aux_weight: float = 0.4
+    """Loss weight of the auxiliary head; 0 trains without it."""
+    avg_non_ignore: bool = True
+    """Average the loss over labelled pixels (the authors' code) or over all pixels (`false`, mmsegmentation's
+    default)."""
+    augment: dict = dataclasses.field(default_factory=dict)
+    """Overrides of the dataset's augmentation: `recipe` and any `AugmentConfig` field (`augment.rotate=0`)."""
+    mixed_precision: str | None = None
+    """`null`, `mixed_float16` (GPUs, dynamic loss scaling) or `mixed_bfloat16`."""
+    distribute: str = "auto"
+    """`auto` (`multi_worker` with a `TF_CONFIG` cluster, `mirrored` with 2+ GPUs, else one device), `none`,
+    `mirrored` or `multi_worker`."""
+    cluster_timeout: float = 300.0
+    """`multi_worker`: seconds to wait for every worker of `TF_CONFIG` to join."""
     checkpoint_every: int = 500
-    eval_every: int | None = None  # steps; null: evaluate once at the end
-    eval_mode: str = "whole"  # whole or slide, windows of crop_size
-    eval_protocol: str | None = None  # semseg or mmseg: that reference's test protocol for the dataset (not eval_mode)
-    eval_max_side: int = 1024  # whole-image validation at native size: larger images run in windows of this side
+    """Steps between checkpoints (a killed run resumes from the last)."""
+    eval_every: int | None = None
+    """Steps between validations; `null`: once at the end."""
+    eval_mode: str = "whole"
+    """Validation on the `whole` image or in `slide` windows of `crop_size`."""
+    eval_protocol: str | None = None
+    """`semseg` or `mmseg`: that reference's test protocol for the dataset (replaces `eval_mode`)."""
+    eval_max_side: int = 1024
+    """Whole-image validation at native size runs larger images in windows of this side."""
     log_every: int = 10
+    """Steps between log lines and TensorBoard points."""
     seed: int = 0
-    cache: bool = False  # keep decoded examples in memory (small datasets)
+    """Seed of the data order, the augmentation and the initialisation."""
+    cache: bool = False
+    """Keep decoded examples in memory (small datasets)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,16 +6,26 @@ import sys
 
 import keras
 
-from keras_pspnet.model import inference_model, rebuild
+from keras_pspnet.model import inference_model, rebuild, with_aux_head
+
+
+def with_fresh_aux_head(model: keras.Model, name: str) -> keras.Model:
+    """`model` with an auxiliary head: a new, randomly initialised one (said on stderr) where it was saved without
+    (as `pspnet train` saves its models for deployment), so that it fine-tunes as the recipe trains."""
+    if isinstance(model.output, dict):
+        return model
+    print(f"{name}: saved without an auxiliary head; added a new one (randomly initialised)", file=sys.stderr)
+    return with_aux_head(model)
 
 
 def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batchnorm: bool = False,
-             metadata: dict | None = None) -> keras.Model:
+             metadata: dict | None = None, name: str | None = None) -> keras.Model:
     """`model`'s architecture with fresh weights, classifiers for `num_classes` classes, the current dtype
-    policy (mixed precision) and a `ClassLogits` output with `metadata` (the new classes); see `rebuild`."""
-    if aux_head and not isinstance(model.output, dict):
-        raise ValueError(f"{model.name}: has no auxiliary head to fine-tune; set aux_weight: 0, or give `model:`.")
-    if not aux_head:
+    policy (mixed precision) and a `ClassLogits` output with `metadata` (the new classes); see `rebuild`.
+    `aux_head`: with the auxiliary head (a new one where `model`, named `name` in messages, has none)."""
+    if aux_head:
+        model = with_fresh_aux_head(model, name or model.name)
+    else:
         model = inference_model(model)
     return rebuild(model, sync_batchnorm=sync_batchnorm, num_classes=num_classes, metadata=metadata)
 
@@ -25,7 +35,8 @@ def reheaded(source: keras.Model, num_classes: int | None, *, aux_head: bool, me
     """`source` with classifiers for `num_classes` classes (default its own), its other weights kept; says on stderr
     which layers it loaded and which it re-initialised (fine-tuning's starting point)."""
     num_classes = num_classes or inference_model(source).output.shape[-1]
-    target = retarget(source, num_classes, aux_head=aux_head, sync_batchnorm=sync_batchnorm, metadata=metadata)
+    target = retarget(source, num_classes, aux_head=aux_head, sync_batchnorm=sync_batchnorm, metadata=metadata,
+                      name=name)
     loaded, skipped = transfer_weights(source, target)
     print(f"{name}: loaded {len(loaded)} of {len(loaded) + len(skipped)} layers with weights"
           + (f"; re-initialised: {', '.join(skipped)}" if skipped else ""), file=sys.stderr)

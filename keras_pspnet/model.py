@@ -127,8 +127,9 @@ def build_pspnet(
             "mmcls://mobilenet_v2"), downloaded once and verified, or a .pth of one of those layouts or of the
             PSPNet authors' deep-stem ResNets (initmodel/resnet50_v2.pth); the backbone must be the one of the
             weights (presets `pspnet_resnetXX_v1c`, `_v1b`, `_semseg`, `pspnet_mobilenet_v2_mmseg`).
-        mean, std: per-channel RGB normalisation of 0-255 pixels. Default: what keras.applications' weights
-            expect when they are `backbone_weights`, else the ImageNet mean/std (the references' weights too).
+        mean: per-channel RGB mean of 0-255 pixels, subtracted inside the model. Default: what keras.applications'
+            weights expect when they are `backbone_weights`, else the ImageNet mean (the references' weights too).
+        std: per-channel RGB standard deviation, divided by after `mean`; default as `mean`.
         input_shape: (height, width, 3); height and width may be None.
         input_dtype: "float32" or "uint8".
         sync_batchnorm: synchronised BatchNormalization across replicas (TensorFlow backend only).

@@ -66,7 +66,6 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
             weights fit their own architecture).
     """
     import os
-    import sys
 
     from keras_pspnet.registry import ZOO
 
@@ -98,15 +97,14 @@ def from_preset(preset: str, num_classes: int | None = None, *, load_weights: bo
     if unknown:
         raise ValueError(f"{preset}: {', '.join(unknown)} would change the architecture its weights fit"
                          f"{'; pass load_weights=False for the architecture alone' if preset in ZOO else ''}.")
-    from keras_pspnet.finetune import reheaded
-    from keras_pspnet.model import inference_model, load_model, rebuild, with_aux_head
+    from keras_pspnet.finetune import reheaded, with_fresh_aux_head
+    from keras_pspnet.model import inference_model, load_model, rebuild
 
     source = load_model(preset, cache_dir)
     if not load_weights:  # a file's architecture, fresh weights (a published name's was built above)
         source = rebuild(source)
-    if aux_head and not isinstance(source.output, dict):  # saved for deployment (as `pspnet train` saves)
-        source = with_aux_head(source)
-        print(f"{preset}: saved without an auxiliary head; added a new one (randomly initialised)", file=sys.stderr)
+    if aux_head:  # a file saved for deployment (as `pspnet train` saves) gets a new one
+        source = with_fresh_aux_head(source, preset)
     if num_classes is None and metadata is None and not overrides.get("sync_batchnorm"):
         return source if aux_head else inference_model(source)
     if metadata is None and num_classes not in (None, inference_model(source).output.shape[-1]):

@@ -16,19 +16,21 @@ LARGEST_SCALE = 8.0
 class TestProtocol:
     """How evaluation and prediction run a model on one image.
 
-    style: how windows, flips and scales combine, after one of the references:
-        "semseg": the PSPNet authors' tool/test.py (and our default): the image is padded to the window
+    Attributes:
+        style: how windows, flips and scales combine, after one of the references.
+            "semseg": the PSPNet authors' tool/test.py (and our default): the image is padded to the window
             with the mean colour, each window's softmax is averaged with its mirrored window's, window
             probabilities are averaged, and each scale's probabilities are resized back bilinearly.
-        "mmseg": mmsegmentation's EncoderDecoder: windows are not padded (a small image is one smaller
+            "mmseg": mmsegmentation's EncoderDecoder: windows are not padded (a small image is one smaller
             window), window logits are averaged, a flip mirrors the whole scaled image, and logits are
             resized back to the image (bilinear, with the model's corner alignment) before the softmax.
-    resize: what the image is resized to at scale 1: None (its own size), an int (semseg's base_size:
-        the long side) or (long, short) (mmseg's keep-ratio Resize: the largest size that fits both).
-    mode: "whole" (the model on the whole resized image) or "slide" (windows of `crop`).
-    crop: window (height, width); `stride` defaults to ceil(2/3 of it), the authors' rate.
-    scales: factors of the scale-1 size whose scores are averaged (MULTI_SCALES for multi-scale).
-    flip: also average the horizontally mirrored image.
+        resize: what the image is resized to at scale 1: None (its own size), an int (semseg's base_size:
+            the long side) or (long, short) (mmseg's keep-ratio Resize: the largest size that fits both).
+        mode: "whole" (the model on the whole resized image) or "slide" (windows of `crop`).
+        crop: window (height, width).
+        stride: window stride (height, width); default ceil(2/3 of `crop`), the authors' rate.
+        scales: factors of the scale-1 size whose scores are averaged (MULTI_SCALES for multi-scale).
+        flip: also average the horizontally mirrored image.
     """
 
     __test__ = False  # a class named Test*, but not a pytest test

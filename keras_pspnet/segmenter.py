@@ -30,14 +30,16 @@ class PSPNet(keras.Model):
     """
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
-        """`keras.Model.compile` with the reference recipe for "auto":
+        """`keras.Model.compile` with the reference recipe for "auto".
 
-        optimizer: `keras_pspnet.optimizers.SGD` (PyTorch's update: momentum 0.9, coupled weight decay 1e-4, the
-            pyramid and heads at 10x the backbone's rate, as the PSPNet authors train), its rate poly (power 0.9)
-            from 0.01 to 0 over each `fit` (`keras_pspnet.optimizers.PolyOverFit`).
-        loss: `keras_pspnet.losses.SegmentationCrossEntropy` (ignore label 255, averaged over labelled pixels),
-            the auxiliary head's at weight 0.4.
-        metrics: mean IoU of the segmentation ("mean_iou", ignore label 255).
+        Args:
+            optimizer: "auto": `keras_pspnet.optimizers.SGD` (PyTorch's update: momentum 0.9, coupled weight decay
+                1e-4, the pyramid and heads at 10x the backbone's rate, as the PSPNet authors train), its rate poly
+                (power 0.9) from 0.01 to 0 over each `fit` (`keras_pspnet.optimizers.PolyOverFit`).
+            loss: "auto": `keras_pspnet.losses.SegmentationCrossEntropy` (ignore label 255, averaged over labelled
+                pixels), the auxiliary head's at weight 0.4.
+            metrics: "auto": mean IoU of the segmentation ("mean_iou", ignore label 255).
+            **kwargs: the other arguments of `keras.Model.compile`.
         """
         from keras_pspnet.losses import SegmentationCrossEntropy
         from keras_pspnet.metrics import mean_iou_metric

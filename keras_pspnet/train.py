@@ -79,7 +79,7 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
     metadata = {"classes": classes_metadata(info)}  # saved with the model: export and predict name the classes
     if config.model is None and init is not None:
         return retarget(init, info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
-                        metadata=metadata)
+                        metadata=metadata, name=f"init_from {config.init_from}")
     options = dict(config.model or DEFAULT_MODEL)
     preset = options.pop("preset", None)
     options.update(num_classes=info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
@@ -88,6 +88,19 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
         return from_preset(preset, **options) if preset else build_pspnet(**options)
     except TypeError as error:  # an unknown model key reaches a builder's signature
         raise ValueError(f"model: {error}") from None
+
+
+def _describe_strategy(strategy: tf.distribute.Strategy, batch_size: int) -> str:
+    """What `distribute` chose, as the run's first line: the strategy, replicas, workers and batch per replica."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return f"training on one device, batch {batch_size}"
+    name, where = type(strategy).__name__, f"{replicas} replicas"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # its class is CollectiveAllReduceStrategy
+        workers = sum(len(tasks) for tasks in strategy.cluster_resolver.cluster_spec().as_dict().values())
+        name, where = "MultiWorkerMirroredStrategy", f"{where} on {workers} workers"
+    return (f"{name}: {where}, global batch {batch_size} ({batch_size // replicas} per replica), "
+            "synchronised BatchNormalization")
 
 
 def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -218,7 +231,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
         protocol = reference_protocol(config.eval_protocol, info.num_classes)
         if protocol is None:
             raise ValueError(f"eval_protocol {config.eval_protocol}: {config.dataset} is none of the reference "
-                             "datasets (ADE20K, Cityscapes, VOC: 150, 19 or 21 classes); use eval_mode instead")
+                             "datasets (ADE20K, Cityscapes, VOC: 150, 19 or 21 classes); set eval_protocol: null "
+                             "(validation with eval_mode) for other data")
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {replicas} replicas.")
@@ -244,6 +258,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     if out.chief:  # only once the config has proved valid and the run restored: a refused or failed --resume must
         save_config(config, out("config.yaml"))  # leave the run's config, so that its own command still resumes it
     start = int(counter.numpy())
+    if verbose and out.chief:
+        print(_describe_strategy(strategy, config.batch_size))
     if start and verbose and out.chief:
         print(f"resuming {run_dir} from step {start} ({manager.latest_checkpoint})")
     if start >= config.steps and out.finished:

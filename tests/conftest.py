@@ -54,8 +54,8 @@ def trained_context_model(tmp_path_factory):
 
 # The slowest files first: with two xdist workers taking a file each at a time (.ci/run), a long file started last
 # would run on alone; collected first, they run beside the many short ones.
-SLOW_FIRST = ("test_train.py", "test_cluster.py", "test_backends.py", "test_cli.py", "test_predict.py", "test_demo.py",
-              "test_export.py", "test_chain.py", "test_tflite_runtimes.py")
+SLOW_FIRST = ("test_train.py", "test_replicas.py", "test_docs.py", "test_cluster.py", "test_backends.py", "test_cli.py",
+              "test_predict.py", "test_demo.py", "test_export.py", "test_chain.py", "test_tflite_runtimes.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -130,6 +130,9 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     processes = [worker(index, workers, run_dir, "steps=3", "checkpoint_every=2") for index in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], str(outputs)[-4000:]
+    # the chief says what `distribute: auto` chose: the global batch of 4 over one replica per worker
+    assert "MultiWorkerMirroredStrategy: 2 replicas on 2 workers, global batch 4 (2 per replica)" in outputs[0][0]
+    assert "MultiWorkerMirroredStrategy" not in outputs[1][0]  # the other workers print nothing
     chief = keras.saving.load_model(os.path.join(run_dir, "final.keras")).get_weights()
     other = keras.saving.load_model(os.path.join(run_dir, "worker-1", "final.keras")).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(chief, other))

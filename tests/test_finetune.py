@@ -41,8 +41,22 @@ def test_retarget_follows_the_runs_precision_and_replicas(source):
         keras.config.set_dtype_policy(previous)
     assert target.get_layer("head_conv").compute_dtype == "bfloat16" and target.output.dtype == "float32"
     assert target.get_layer("head_bn").synchronized and not isinstance(target.output, dict)
-    with pytest.raises(ValueError, match="has no auxiliary head to fine-tune"):
-        retarget(keras.Model(source.input, source.output["logits"]), 4, aux_head=True)
+
+
+def test_init_from_a_model_saved_without_its_auxiliary_head(tmp_path, source, capsys):
+    """`pspnet train` saves final.keras without the auxiliary head: a run with aux_weight > 0 fine-tuning from it
+    gets a new head where build_pspnet puts it, and says so."""
+    path = str(tmp_path / "final.keras")
+    keras.Model(source.input, source.output["logits"]).save(path)
+    config = load_config(None, [f"init_from={path}", "dataset=context", "context_size=64", "context_scenes=4",
+                                "crop_size=[64, 64]", "batch_size=2", "steps=1", "val_split=null"])
+    run = train(config, str(tmp_path / "run"))
+    printed = capsys.readouterr()
+    assert f"init_from {path}: saved without an auxiliary head; added a new one" in printed.err
+    assert "aux_classifier (not in the source)" in printed.out and "aux_conv (not in the source)" in printed.out
+    assert "training on one device, batch 2" in printed.out  # what `distribute: auto` chose, said first
+    final = keras.saving.load_model(run["final_model"])
+    assert final.get_layer("stem_3_conv").filters == 8 and final.output.shape[-1] == 4  # the source's architecture
 
 
 def test_models_of_keras_pspnet_0_1_retarget(source):

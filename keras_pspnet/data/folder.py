@@ -87,7 +87,11 @@ def split_files(root: str, split: str) -> tuple[list[str], list[str]]:
     """The sorted image paths of ROOT/<split> and their mask paths."""
     images_dir, masks_dir = os.path.join(root, split, "images"), os.path.join(root, split, "masks")
     if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f"{images_dir}: no such folder (expected ROOT/<split>/images and ROOT/<split>/masks)")
+        splits = sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name, "images"))) \
+            if os.path.isdir(root) else []
+        found = f"{root} has the splits {splits}" if splits else f"{root} has no ROOT/<split>/images folder"
+        raise FileNotFoundError(f"{images_dir}: no such folder ({found}; expected ROOT/<split>/images and "
+                                "ROOT/<split>/masks)")
     images = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
     if not images:
         raise ValueError(f"{images_dir}: empty split (no {', '.join(IMAGE_SUFFIXES)} images)")

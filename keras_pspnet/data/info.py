@@ -18,18 +18,27 @@ class AugmentConfig:
     config comes from `augment_config(dataset_defaults, yaml_augment_mapping)`.
     """
 
-    # Resize convention and pixel type: "semseg" = cv2.resize(fx=fy=factor) of a float32 image (RandScale);
-    # "mmseg" = mmcv.imrescale to base_scale * ratio of a uint8 image (RandomResize, keep_ratio=True).
     recipe: str = "semseg"
-    scale: tuple[float, float] = (0.5, 2.0)  # "semseg": the scale factor's range; "mmseg": ratio_range
-    base_scale: tuple[float, float] = (2048.0, 512.0)  # "mmseg" only: RandomResize's scale (long, short edge)
-    rotate: float = 10.0  # degrees: angle uniform in [-rotate, rotate]; 0 disables
-    rotate_prob: float = 0.5  # RandRotate's p
-    blur: bool = True  # cv2.GaussianBlur (5, 5) with probability 0.5 (RandomGaussianBlur)
-    flip: bool = True  # horizontal flip with probability 0.5
-    pad: str = "center"  # "center": pad to the crop, then crop (semseg's Crop); "bottom_right": crop, then pad (mmseg)
-    cat_max_ratio: float = 1.0  # RandomCrop: re-draw a crop whose largest class covers >= this share; 1.0 = off
-    photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue; each p 0.5)
+    """Resize convention and pixel type: `semseg` = `cv2.resize(fx=fy=factor)` of a float32 image (RandScale);
+    `mmseg` = `mmcv.imrescale` to `base_scale * ratio` of a uint8 image (RandomResize, `keep_ratio=True`)."""
+    scale: tuple[float, float] = (0.5, 2.0)
+    """`semseg`: the scale factor's range; `mmseg`: RandomResize's `ratio_range`."""
+    base_scale: tuple[float, float] = (2048.0, 512.0)
+    """`mmseg` only: RandomResize's `scale` (long, short edge)."""
+    rotate: float = 10.0
+    """Degrees: the angle is uniform in [-rotate, rotate]; 0 disables rotation."""
+    rotate_prob: float = 0.5
+    """Probability of a rotation (RandRotate's `p`)."""
+    blur: bool = True
+    """`cv2.GaussianBlur((5, 5), 0)` with probability 0.5 (RandomGaussianBlur)."""
+    flip: bool = True
+    """Horizontal flip with probability 0.5."""
+    pad: str = "center"
+    """`center`: pad to the crop, then crop (semseg's Crop); `bottom_right`: crop, then pad (mmseg)."""
+    cat_max_ratio: float = 1.0
+    """RandomCrop: re-draw a crop whose largest class covers at least this share (up to 10 times); 1.0: off."""
+    photometric: bool = False
+    """mmsegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue; each with p 0.5)."""
 
     @property
     def rotates(self) -> bool:

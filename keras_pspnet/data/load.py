@@ -44,7 +44,7 @@ def load_dataset(
     Args:
         source: "context" (the synthetic scenes), a TFDS name (scene_parse150, cityscapes/semantic_segmentation,
             oxford_iiit_pet; read from `data_dir`, never downloaded) or a folder dataset
-            (ROOT/<split>/images/*.jpg|png and ROOT/<split>/masks/*.png of the same names, optional classes.json).
+            (`ROOT/<split>/images/*.jpg|png` and `ROOT/<split>/masks/*.png` of the same names, optional classes.json).
         split: e.g. "train", "validation".
         batch_size: images per batch.
         crop_size: (height, width) of augmented samples; default 473x473.
