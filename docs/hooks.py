@@ -49,7 +49,7 @@ def _field_docs(cls) -> dict[str, str]:
 
 def _type_name(annotation) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return text.replace("typing.", "").replace("None", "null")
+    return " or ".join(part.strip() for part in text.replace("typing.", "").replace("None", "null").split("|"))
 
 
 def _yaml_value(value) -> str:

@@ -1,8 +1,7 @@
 """The front API through public names only, one test per Keras habit: `from_preset` (architectures, published
 models, .keras files, re-heading), `compile()` defaults, `fit` on one mask per image, `load_dataset` for a folder,
-and the README's fine-tuning example run as written."""
+the README's and the site's examples run in tests/test_docs.py."""
 
-import re
 from pathlib import Path
 
 import keras
@@ -177,41 +176,6 @@ def test_load_dataset_gives_fit_its_batches(folder):
         keras_pspnet.load_dataset(str(folder), "train", batch_size=1, augment="strong")
     with pytest.raises(ValueError, match="train: fewer images than batch_size 8"):
         keras_pspnet.load_dataset(str(folder), "train", batch_size=8)
-
-
-def readme_block(heading: str) -> str:
-    """The first Python block after `heading` in the README."""
-    text = README.read_text()
-    start = text.index(heading)
-    return re.search(r"```python\n(.*?)```", text[start:], re.S)[1]
-
-
-def test_the_readme_fine_tuning_example_runs(published, folder, tmp_path, monkeypatch, capsys):
-    code = readme_block("### Fine-tune in Python")
-    # documented substitutions for a test's seconds: tiny crops and batches, one epoch
-    small = code.replace("batch_size=8", "batch_size=2, crop_size=(33, 33)").replace("epochs=20", "epochs=1")
-    small = small.replace("model.compile()", "model.compile(run_eagerly=True)")  # (tracing: 40 s more)
-    assert small.count("crop_size=(33, 33)") == small.count("epochs=1") == small.count("run_eagerly") == 1
-    assert '"my_data"' in code
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_data").symlink_to(folder, target_is_directory=True)
-    exec(compile(small, "README.md", "exec"), {})
-    printed = capsys.readouterr()
-    assert f"{PUBLISHED}: loaded " in printed.err, printed.err
-    assert "val_mean_iou" in printed.out, printed.out
-    model = keras_pspnet.load_model(str(tmp_path / "my_pspnet.keras"))
-    assert [c["name"] for c in keras_pspnet.model_metadata(model)["classes"]] == ["sky", "road", "car"]
-
-
-def test_the_readme_published_model_example_runs(published, tmp_path, monkeypatch):
-    from PIL import Image
-
-    code = readme_block("## Published PSPNets in one line")
-    monkeypatch.chdir(tmp_path)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save("photo.jpg")
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["labels"].shape == (50, 70) and namespace["labels"].max() < 19  # the photo's size, its classes
 
 
 @pytest.mark.parametrize("preset,widths", [("pspnet_resnet18_v1c", TINY_RESNET),
