@@ -282,3 +282,12 @@ def test_every_exif_orientation_gives_what_pil_shows(orientation, little_endian,
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(reference))).convert("RGB"))
     np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), expected)
     assert expected.shape[:2] == ((10, 6) if orientation >= 5 else (6, 10))
+
+
+def test_a_missing_split_names_the_splits_the_folder_has(tmp_path):
+    """The ADE20K config's `val_split: test` on a folder of train/ and validation/: the error says what is there."""
+    write_folder(tmp_path, "train")
+    write_folder(tmp_path, "validation")
+    with pytest.raises(FileNotFoundError, match=r"test/images: no such folder \(.* has the splits \['train', "
+                                                r"'validation'\]; expected ROOT/<split>/images"):
+        load_source(str(tmp_path), "test")
