@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import html
 import importlib.util
 import inspect
 import os
@@ -79,15 +80,22 @@ def config() -> str:
 
 
 def augment() -> str:
-    """Every `augment.*` key (`keras_pspnet.data.info.AugmentConfig`) and the recipes' values."""
-    from keras_pspnet.data.info import RECIPES, AugmentConfig
+    """Every `augment.*` key (`keras_pspnet.data.info.AugmentConfig`), each dataset's defaults and the recipes."""
+    from keras_pspnet.data.classes import CLASS_SETS
+    from keras_pspnet.data.info import RECIPES, AugmentConfig, augment_config
 
+    fields = [field.name for field in dataclasses.fields(AugmentConfig)]
     table = _fields_table(AugmentConfig, prefix="augment.")
-    names = sorted(RECIPES)
-    rows = [(f"`{field.name}`", *(f"`{_yaml_value(getattr(RECIPES[name], field.name))}`" for name in names))
-            for field in dataclasses.fields(AugmentConfig)]
-    recipes = _table(("field", *(f"`{name}`" for name in names)), rows)
-    return f"{table}\n\nThe recipes (`augment.recipe`) start from these values:\n\n{recipes}"
+    datasets = {info.name: info.augment for info in CLASS_SETS.values()}
+    columns = {**{f"`{name}` (default)": config for name, config in datasets.items()},
+               **{f"`recipe: {name}` on ADE20K": augment_config(datasets["scene_parse150"], {"recipe": name})
+                  for name in sorted(RECIPES)}}
+    rows = [(f"`{field}`", *(f"`{_yaml_value(getattr(config, field))}`" for config in columns.values()))
+            for field in fields]
+    values = _table(("field", *columns), rows)
+    return (f"{table}\n\nWhat each dataset starts from (the `context` scenes only mirror: zooming or rotating would "
+            "cut away the surroundings that tell their classes), and what `recipe:` gives (it keeps the dataset's "
+            f"`base_scale`):\n\n{values}")
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:
@@ -99,14 +107,15 @@ def _options(parser: argparse.ArgumentParser) -> str:
     for action in parser._actions:  # argparse has no public walk of its actions; sphinx-argparse reads them too
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
             continue
-        names = ", ".join(action.option_strings) or action.dest
-        if action.option_strings and action.nargs != 0:
+        names = ", ".join(action.option_strings) or action.metavar or action.dest
+        if action.choices:
+            names += " {" + ",".join(map(str, action.choices)) + "}"
+        elif action.option_strings and action.nargs != 0:
             names += f" {action.metavar or action.dest.upper()}"
         default = "" if action.default in (None, argparse.SUPPRESS, False) or action.nargs == 0 \
             else f"`{action.default}`"
-        if action.choices:
-            names += " {" + ",".join(map(str, action.choices)) + "}"
-        rows.append((f"`{names}`", default, (action.help or "").replace("%(default)s", str(action.default))))
+        meaning = html.escape((action.help or "").replace("%(default)s", str(action.default)), quote=False)
+        rows.append((f"`{names}`", default, meaning))
     return _table(("option", "default", "meaning"), rows) if rows else "No options."
 
 

@@ -93,9 +93,10 @@ class TrainConfig:
     eval_max_side: int = 1024
     """Whole-image validation at native size runs larger images in windows of this side."""
     log_every: int = 10
-    """Steps between log lines and TensorBoard points."""
+    """Steps between the loss and learning rate written to TensorBoard and to the progress display (which, in a
+    log file, prints a line every 10% of the steps or 30 s)."""
     seed: int = 0
-    """Seed of the data order, the augmentation and the initialisation."""
+    """Seed of the data order and of the augmentation's random draws (not of the weight initialisation)."""
     cache: bool = False
     """Keep decoded examples in memory (small datasets)."""
 

@@ -9,12 +9,14 @@ import keras
 from keras_pspnet.model import inference_model, rebuild, with_aux_head
 
 
-def with_fresh_aux_head(model: keras.Model, name: str) -> keras.Model:
-    """`model` with an auxiliary head: a new, randomly initialised one (said on stderr) where it was saved without
-    (as `pspnet train` saves its models for deployment), so that it fine-tunes as the recipe trains."""
+def with_fresh_aux_head(model: keras.Model, name: str | None) -> keras.Model:
+    """`model` with an auxiliary head: a new, randomly initialised one where it was saved without (as `pspnet train`
+    saves its models for deployment), so that it fine-tunes as the recipe trains; said on stderr unless `name` is
+    None."""
     if isinstance(model.output, dict):
         return model
-    print(f"{name}: saved without an auxiliary head; added a new one (randomly initialised)", file=sys.stderr)
+    if name is not None:
+        print(f"{name}: saved without an auxiliary head; added a new one (randomly initialised)", file=sys.stderr)
     return with_aux_head(model)
 
 
@@ -22,9 +24,9 @@ def retarget(model: keras.Model, num_classes: int, *, aux_head: bool, sync_batch
              metadata: dict | None = None, name: str | None = None) -> keras.Model:
     """`model`'s architecture with fresh weights, classifiers for `num_classes` classes, the current dtype
     policy (mixed precision) and a `ClassLogits` output with `metadata` (the new classes); see `rebuild`.
-    `aux_head`: with the auxiliary head (a new one where `model`, named `name` in messages, has none)."""
+    `aux_head`: with the auxiliary head (a new one where `model` has none, said naming it `name` unless None)."""
     if aux_head:
-        model = with_fresh_aux_head(model, name or model.name)
+        model = with_fresh_aux_head(model, name)
     else:
         model = inference_model(model)
     return rebuild(model, sync_batchnorm=sync_batchnorm, num_classes=num_classes, metadata=metadata)

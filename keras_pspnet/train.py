@@ -73,13 +73,14 @@ def make_strategy(kind: str, cluster_timeout: float = 300.0) -> tf.distribute.St
 
 
 def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
-                init: keras.Model | None = None) -> keras.Model:
+                init: keras.Model | None = None, announce: bool = False) -> keras.Model:
     """The training model (with the auxiliary head unless aux_weight is 0) from the config's `model`, or with
-    `model` unset and an `init` model (init_from), that model's architecture with classifiers for `info`."""
+    `model` unset and an `init` model (init_from), that model's architecture with classifiers for `info`
+    (`announce`: say so when a new auxiliary head is added)."""
     metadata = {"classes": classes_metadata(info)}  # saved with the model: export and predict name the classes
     if config.model is None and init is not None:
         return retarget(init, info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
-                        metadata=metadata, name=f"init_from {config.init_from}")
+                        metadata=metadata, name=f"init_from {config.init_from}" if announce else None)
     options = dict(config.model or DEFAULT_MODEL)
     preset = options.pop("preset", None)
     options.update(num_classes=info.num_classes, aux_head=config.aux_weight > 0, sync_batchnorm=sync_batchnorm,
@@ -95,12 +96,13 @@ def _describe_strategy(strategy: tf.distribute.Strategy, batch_size: int) -> str
     replicas = strategy.num_replicas_in_sync
     if replicas == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return f"training on one device, batch {batch_size}"
-    name, where = type(strategy).__name__, f"{replicas} replicas"
+    name, where = type(strategy).__name__, f"{replicas} replica{'s' if replicas > 1 else ''}"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # its class is CollectiveAllReduceStrategy
-        workers = sum(len(tasks) for tasks in strategy.cluster_resolver.cluster_spec().as_dict().values())
+        spec = strategy.cluster_resolver.cluster_spec()
+        workers = sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
         name, where = "MultiWorkerMirroredStrategy", f"{where} on {workers} workers"
-    return (f"{name}: {where}, global batch {batch_size} ({batch_size // replicas} per replica), "
-            "synchronised BatchNormalization")
+    return (f"{name}: {where}, global batch {batch_size} ({batch_size // replicas} per replica)"
+            + (", synchronised BatchNormalization" if replicas > 1 else ""))
 
 
 def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -242,7 +244,8 @@ def _train(config: TrainConfig, run_dir: str, resume: bool, verbose: bool) -> di
     # init_from's weights matter only for a fresh run; its architecture also when `model` is unset.
     init = load_model(config.init_from) if config.init_from and (not resuming or config.model is None) else None
     with strategy.scope():
-        model = build_model(config, info, sync_batchnorm=replicas > 1, init=init)
+        model = build_model(config, info, sync_batchnorm=replicas > 1, init=init,
+                            announce=verbose and out.chief and not resuming)
         counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         optimizer = make_optimizer(config, model, counter)
         optimizer.build(model.trainable_variables)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ("python", "bash")
+SHOWN = ("text", "yaml", "json", "kotlin")  # any other language is an error: a typo would hide a block from the test
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*(.*)$")
 TITLE = re.compile(r'title="([^"]+)"')
 REPLACE = re.compile(r"^<!-- docs-test: replace `([^`]+)` with `([^`]*)`: (.+?) -->$")
@@ -70,6 +71,9 @@ def read_blocks(page: Path) -> list[Block]:
                 raise AssertionError(f"{page}:{i + 1}: a code block that is never closed")
             indent = len(lines[i]) - len(lines[i].lstrip())
             code = "\n".join(text[indent:] for text in lines[i + 1:end]) + "\n"
+            if fence[2] not in RUN + SHOWN:
+                raise AssertionError(f"{page}:{i + 1}: a code block in {fence[2] or 'no language'}; "
+                                     f"use one of {RUN + SHOWN}")
             title = TITLE.search(fence[3])
             block = Block(page, i + 1, fence[2], code, title[1] if title else None)
             for number, directive in pending:

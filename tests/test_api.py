@@ -2,7 +2,6 @@
 models, .keras files, re-heading), `compile()` defaults, `fit` on one mask per image, `load_dataset` for a folder,
 the README's and the site's examples run in tests/test_docs.py."""
 
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,7 +12,6 @@ from tests.checkpoints import zoo_entry
 from tests.conftest import TINY_RESNET
 from tests.test_data import write_folder
 
-README = Path(__file__).parent.parent / "README.md"
 PUBLISHED = "pspnet_r50-d8_4xb4-160k_ade20k-512x512"  # a registry name; the tests register a tiny file under it
 SMALL = {"backbone": "resnet10", "stages": 3, "base_width": 8, "head_channels": 16, "aux_channels": 8}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -96,21 +97,22 @@ def _run_bash(block: Block, code: str, folder: Path) -> None:
     from keras_pspnet.cli import main
 
     commands = _commands(code)
-    if all(command.split()[0] == "pspnet" for command in commands):
+    if all(command.split()[0] == "pspnet" and not set(command) & set("|&;<>$`") for command in commands):
         for command in commands:  # in this process: published names resolve through the test registry
             argv = []
             for word in shlex.split(command, comments=True)[1:]:
                 word = os.path.expanduser(word)
                 argv += sorted(glob.glob(word)) or [word] if any(c in word for c in "*?[") else [word]
             try:
-                code = main(argv)
+                status = main(argv)
             except SystemExit as exit:  # argparse's own exits: --help, --version
-                code = exit.code
-            assert code == 0, f"{block.where}: `{command.strip()}` failed"
+                status = exit.code
+            assert status == 0, f"{block.where}: `{command.strip()}` failed"
         return
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=folder, env=env, capture_output=True,
-                            text=True, timeout=900)
+    strict = ["-e", "-o", "pipefail", "-O", "inherit_errexit"]  # a failing $(...) fails the block too
+    result = subprocess.run(["bash", *strict, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, f"{block.where}: exit {result.returncode}\n{result.stdout[-3000:]}\n" \
                                    f"{result.stderr[-3000:]}"
 
@@ -160,9 +162,9 @@ def test_every_page_has_examples_and_known_directives():
     import yaml
 
     for page in PAGES:
-        read_blocks(page)
-    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    navigation = yaml.safe_load(nav[nav.index("nav:"):nav.index("\nhooks:")])["nav"]
+        for block in read_blocks(page):
+            block.substituted()  # every substitution still finds its text, in skipped blocks too
+    navigation = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
 
     def listed(entries):
         for entry in entries:
@@ -171,6 +173,12 @@ def test_every_page_has_examples_and_known_directives():
 
     pages = {page.relative_to(ROOT / "docs").as_posix() for page in PAGES if page.parent != ROOT}
     assert pages == set(listed(navigation)), "every page of docs/ is in mkdocs.yml's nav, and only those"
+    import keras_pspnet
+
+    api = (ROOT / "docs" / "reference" / "api.md").read_text(encoding="utf-8")
+    for name in keras_pspnet.__all__:  # the API reference documents every public name where it is defined
+        module = re.escape(f"keras_pspnet.{keras_pspnet._EXPORTS[name]}")
+        assert re.search(rf"^::: {module}(\.\w+)*\.{name}$", api, re.M), f"{name} is not in the API reference"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme) < 10_000, "the README is short: the site holds the rest"
     guides = sorted((ROOT / "docs" / "guides").glob("*.md"))

@@ -22,7 +22,7 @@ from keras_pspnet.config import TrainConfig
 from keras_pspnet.losses import SegmentationCrossEntropy
 from keras_pspnet.model import head_lr_multipliers
 from keras_pspnet.optimizers import SGD
-from keras_pspnet.train import make_optimizer, make_strategy, make_train_step, training_loss
+from keras_pspnet.train import _describe_strategy, make_optimizer, make_strategy, make_train_step, training_loss
 
 keras.utils.set_random_seed(0)  # the same initial weights in every session: the tolerance below is for rounding
 rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def distance(a, b):  # relative, floored: conv biases before BN get ~zero gradie
 single, mirrored = tf.distribute.get_strategy(), make_strategy("mirrored")
 (one, one_losses), (two, two_losses) = loop(single), loop(mirrored)
 update = {"fit": distance(fit(single), fit(mirrored)), "loop": distance(one, two), "moved": distance(initial, one),
-          "losses": [one_losses, two_losses]}
+          "losses": [one_losses, two_losses], "said": [_describe_strategy(s, 4) for s in (single, mirrored)]}
 
 # 2. whole runs on two replicas: trained, evaluated at every step, then evaluated and exported while bound
 from keras_pspnet.config import load_config
@@ -127,6 +127,9 @@ def test_two_replicas_give_the_update_of_one_device(two_replicas):
     assert figures["moved"] > 1e-3  # the steps really changed the weights
     assert figures["fit"] < 1e-4 and figures["loop"] < 1e-4
     np.testing.assert_allclose(*figures["losses"], rtol=1e-5)
+    assert figures["said"] == ["training on one device, batch 4",  # what `pspnet train` prints first
+                               "MirroredStrategy: 2 replicas, global batch 4 (2 per replica), synchronised "
+                               "BatchNormalization"]
 
 
 def test_two_replicas_evaluate_and_export_with_every_protocol(two_replicas):

@@ -61,7 +61,9 @@ def restored_counter(run_dir, policy=None):
     return int(counter.numpy()), int(optimizer.iterations.numpy()), float(optimizer.learning_rate), model
 
 
-@pytest.mark.parametrize("policy", [None, "mixed_float16", "mixed_bfloat16"])
+# mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose state the resume must restore; mixed_bfloat16 has
+# no such wrapper (its run saves float32: test_mixed_precision_policy_stays_in_the_run).
+@pytest.mark.parametrize("policy", [None, "mixed_float16"])
 def test_sigkill_resume_export(tmp_path, policy):
     """Train, SIGKILL, rerun the same command: it resumes at the checkpoint's step; the saved model is float32
     with the trained weights (whatever the policy), and its SavedModel and TFLite exports give its output."""
