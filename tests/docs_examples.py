@@ -3,7 +3,8 @@
 A fenced block is run when its language is `python` or `bash`; a block with a title (```yaml title="a.yaml")
 is a file that the page's later blocks read. HTML comments on the lines just before a block direct its test:
 `<!-- docs-test: replace `OLD` with `NEW`: WHY -->` (a documented substitution; OLD must occur in the block) and
-`<!-- docs-test: skip: WHY -->`.
+`<!-- docs-test: skip: WHY -->`; `<!-- docs-test: output -->` before a `text` block: each of its lines is printed by
+the last block run before it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*(.*)$")
 TITLE = re.compile(r'title="([^"]+)"')
 REPLACE = re.compile(r"^<!-- docs-test: replace `([^`]+)` with `([^`]*)`: (.+?) -->$")
 SKIP = re.compile(r"^<!-- docs-test: skip: (.+?) -->$")
+OUTPUT = "<!-- docs-test: output -->"
 DIRECTIVE = "<!-- docs-test:"
 
 
@@ -30,6 +32,7 @@ class Block:
     code: str
     title: str | None = None
     skip: str | None = None
+    output: bool = False  # a `text` block the previous block's output must hold, line by line
     replacements: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @property
@@ -81,6 +84,8 @@ def read_blocks(page: Path) -> list[Block]:
                     block.replacements.append((match[1], match[2], match[3]))
                 elif match := SKIP.match(directive):
                     block.skip = match[1]
+                elif directive == OUTPUT and block.language == "text":
+                    block.output = True
                 else:
                     raise AssertionError(f"{page}:{number}: a docs-test directive of neither form: {directive}")
             pending = []

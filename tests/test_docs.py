@@ -6,7 +6,9 @@ names, and the documented substitutions and skips (tests/docs_examples.py reads 
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import os
 import re
 import shlex
@@ -82,9 +84,12 @@ def world(tmp_path_factory):
             "pages": root / "pages"}
 
 
-def _run_python(block: Block, code: str, namespace: dict) -> None:
-    # Blank lines first, so that a traceback's line numbers are the page's own.
-    exec(compile("\n" * block.line + code, str(block.page), "exec"), namespace)
+def _run_python(block: Block, code: str, namespace: dict) -> str:
+    """Runs the block; returns what it printed. Blank lines first, so that a traceback's lines are the page's own."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile("\n" * block.line + code, str(block.page), "exec"), namespace)
+    return printed.getvalue()
 
 
 def _commands(code: str) -> list[str]:
@@ -93,28 +98,32 @@ def _commands(code: str) -> list[str]:
             if command.strip() and not command.strip().startswith("#")]
 
 
-def _run_bash(block: Block, code: str, folder: Path) -> None:
+def _run_bash(block: Block, code: str, folder: Path) -> str:
+    """Runs the block; returns what it printed on standard output."""
     from keras_pspnet.cli import main
 
     commands = _commands(code)
     if all(command.split()[0] == "pspnet" and not set(command) & set("|&;<>$`") for command in commands):
+        printed = io.StringIO()
         for command in commands:  # in this process: published names resolve through the test registry
             argv = []
             for word in shlex.split(command, comments=True)[1:]:
                 word = os.path.expanduser(word)
                 argv += sorted(glob.glob(word)) or [word] if any(c in word for c in "*?[") else [word]
             try:
-                status = main(argv)
+                with contextlib.redirect_stdout(printed):
+                    status = main(argv)
             except SystemExit as exit:  # argparse's own exits: --help, --version
                 status = exit.code
             assert status == 0, f"{block.where}: `{command.strip()}` failed"
-        return
+        return printed.getvalue()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     strict = ["-e", "-o", "pipefail", "-O", "inherit_errexit"]  # a failing $(...) fails the block too
     result = subprocess.run(["bash", *strict, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, f"{block.where}: exit {result.returncode}\n{result.stdout[-3000:]}\n" \
                                    f"{result.stderr[-3000:]}"
+    return result.stdout
 
 
 def run_page(page: Path, world: dict, monkeypatch) -> Path:
@@ -139,8 +148,12 @@ def run_page(page: Path, world: dict, monkeypatch) -> Path:
     monkeypatch.setenv("KERAS_HOME", str(world["keras_home"]))
     monkeypatch.chdir(folder)
     keras.backend.clear_session()
-    namespace = {"__name__": "__main__"}
+    namespace, printed = {"__name__": "__main__"}, ""
     for block in read_blocks(page):
+        if block.output:  # the output the page shows is the output the code prints
+            for line in filter(None, (line.strip() for line in block.code.splitlines())):
+                assert line in printed, f"{block.where}: the block before does not print {line!r}; it printed:\n" \
+                                        f"{printed[-2000:]}"
         if block.title:
             target = folder / block.title
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +162,9 @@ def run_page(page: Path, world: dict, monkeypatch) -> Path:
             continue
         code = block.substituted()
         if block.language == "python":
-            _run_python(block, code, namespace)
+            printed = _run_python(block, code, namespace)
         else:
-            _run_bash(block, code, folder)
+            printed = _run_bash(block, code, folder)
     _DONE[page] = folder
     return folder
 
