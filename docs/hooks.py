@@ -1,8 +1,8 @@
 """mkdocs hooks: the reference tables are generated from the code at every build, never copied by hand.
 
 A page asks for one with a line `<!-- generated: NAME -->` (NAME: a key of GENERATORS); an unknown name fails the
-build. Everything here reads plain data (the argument parser, the config dataclasses, the registry, the presets,
-the pages' own test directives) and needs no TensorFlow.
+build. Everything here reads plain data: the argument parser, the config dataclasses (their module imports Keras,
+hence TensorFlow, kept quiet below), the registry, the presets and the pages' own test directives.
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def presets() -> str:
 
 def doc_substitutions() -> str:
     """What tests/test_docs.py changes or skips in each page, read from the pages' directives."""
+    # By file, not `import tests.docs_examples`: under mkdocs the name `tests` did not resolve to our folder.
     spec = importlib.util.spec_from_file_location("docs_examples", ROOT / "tests" / "docs_examples.py")
     examples = sys.modules["docs_examples"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(examples)

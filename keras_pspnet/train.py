@@ -92,15 +92,15 @@ def build_model(config: TrainConfig, info: DatasetInfo, sync_batchnorm: bool,
 
 
 def _describe_strategy(strategy: tf.distribute.Strategy, batch_size: int) -> str:
-    """What `distribute` chose, as the run's first line: the strategy, replicas, workers and batch per replica."""
+    """What `distribute` chose, said before training: the strategy, replicas, workers and batch per replica."""
     replicas = strategy.num_replicas_in_sync
-    if replicas == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return f"training on one device, batch {batch_size}"
     name, where = type(strategy).__name__, f"{replicas} replica{'s' if replicas > 1 else ''}"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # its class is CollectiveAllReduceStrategy
         spec = strategy.cluster_resolver.cluster_spec()
         workers = sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
         name, where = "MultiWorkerMirroredStrategy", f"{where} on {workers} workers"
+    elif replicas == 1:
+        return f"training on one device, batch {batch_size}"
     return (f"{name}: {where}, global batch {batch_size} ({batch_size // replicas} per replica)"
             + (", synchronised BatchNormalization" if replicas > 1 else ""))
 

@@ -1,7 +1,6 @@
 """The front API through public names only, one test per Keras habit: `from_preset` (architectures, published
-models, .keras files, re-heading), `compile()` defaults, `fit` on one mask per image, `load_dataset` for a folder,
-the README's and the site's examples run in tests/test_docs.py."""
-
+models, .keras files, re-heading), `compile()` defaults, `fit` on one mask per image, `load_dataset` for a folder.
+The README's and the site's examples run in tests/test_docs.py."""
 
 import keras
 import numpy as np

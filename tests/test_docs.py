@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import os
 import re
 import shlex
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.checkpoints import semseg_checkpoint
 from tests.docs_examples import ROOT, Block, all_pages, read_blocks
 
 PAGES = all_pages()
@@ -53,10 +55,6 @@ def _write_inputs(folder: Path) -> None:
             Image.fromarray(image).save(folder / "my_data" / split / "images" / f"{i:04d}.jpg", quality=95)
             labels = np.minimum(mask, 2).astype(np.uint8)  # water, road, boat+car -> three classes
             Image.fromarray(labels, mode="L").save(folder / "my_data" / split / "masks" / f"{i:04d}.png")
-    import json
-
-    from tests.checkpoints import semseg_checkpoint
-
     (folder / "my_data" / "classes.json").write_text(json.dumps({"classes": CLASSES}))
     (folder / SEMSEG_CHECKPOINT).parent.mkdir(parents=True)
     semseg_checkpoint(folder / SEMSEG_CHECKPOINT, classes=150)  # tiny widths, the authors' layout and key names
