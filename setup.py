@@ -25,6 +25,9 @@ setup(
         # opencv: the augmentation tests compare with cv2 4.12 (5.0 changed warpAffine; 4.14 converts HSV in blocks
         # of 64 pixels on this CPU, mmcv-era builds in 32, which the photometric test mirrors).
         # ai-edge-litert and mediapipe (scripts/install.sh) at the versions the .tflite JSON states as tested.
+        # ONNX and OpenVINO: export needs onnx (and openvino + nncf for an IR); predict/evaluate the runtime.
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "openvino": ["onnx>=1.16", "openvino>=2025.0", "nncf>=2.16"],
         # The documentation site (mkdocs.yml, docs/): `mkdocs build --strict`, as .ci/run does.
         "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.29,<2"],
         "test": ["pytest", "pytest-xdist", "ruff", "torch>=2.0", "jax", "ai-edge-litert==2.3.0",

@@ -15,7 +15,8 @@ import os
 import platform
 import statistics
 import sys
-import time
+
+from timing import time_round_robin  # (sys.path[0] is this script's folder)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -76,20 +77,6 @@ def main() -> None:
               f"{reference_median / median:9.2f}x")
 
     head_conv_table(tf, np, model, args.repeats)
-
-
-def time_round_robin(variants: dict, repeats: int) -> dict:
-    """{name: [seconds, ...]}: two warm-up calls each (tracing, compilation, caches), then round-robin."""
-    times = {name: [] for name in variants}
-    for run in variants.values():
-        run()
-        run()
-    for _ in range(repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def head_conv_table(tf, np, model, repeats: int) -> None:

@@ -180,23 +180,34 @@ def _evaluate(args) -> None:
         print(f"wrote {args.json}")
 
 
+# What each --format takes besides --out: the options valid for it (the others are refused by name).
+_EXPORT_OPTIONS = {"savedmodel": set(), "tflite": {"quantize", "input_size", "outputs", "calibration"},
+                   "onnx": {"input_size"}, "openvino": {"quantize", "input_size", "calibration"}}
+_EXPORT_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+
+
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
-    from keras_pspnet.export import calibration_images, export_saved_model, export_tflite
+    from keras_pspnet.export import calibration_images, export_onnx, export_openvino, export_saved_model, export_tflite
     from keras_pspnet.model import inference_model, load_model, model_metadata
     from keras_pspnet.predictors import tflite_json
 
-    if args.model.endswith(".tflite") or os.path.isdir(args.model):
-        raise ValueError(f"{args.model}: export reads a published name or a .keras model, not a .tflite or "
-                         "SavedModel (export the .keras it came from)")
-    if args.format == "savedmodel":
-        if args.quantize != "none" or args.input_size or args.calibration or args.outputs:
-            raise ValueError("--quantize, --input-size, --outputs and --calibration are for --format tflite")
-    else:
-        if not args.input_size:
-            raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
-        _check_output(args.out, args.force, ".tflite")  # and the metadata beside it, before the model loads
-        _check_output(tflite_json(args.out), args.force, ".json")
+    if args.model.endswith((".tflite", ".onnx", ".xml")) or os.path.isdir(args.model):
+        raise ValueError(f"{args.model}: export reads a published name or a .keras model, not an exported model "
+                         "(export the .keras it came from)")
+    given = {"quantize": args.quantize != "none", "input_size": args.input_size, "outputs": args.outputs,
+             "calibration": args.calibration}
+    wrong = [f"--{name.replace('_', '-')}" for name, value in given.items()
+             if value and name not in _EXPORT_OPTIONS[args.format]]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not an option of --format {args.format}")
+    if args.format == "tflite" and not args.input_size:
+        raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
+    if args.format != "savedmodel":  # and the files beside it, before the model loads
+        _check_output(args.out, args.force, _EXPORT_SUFFIX[args.format])
+        beside = {"tflite": tflite_json(args.out), "openvino": os.path.splitext(args.out)[0] + ".bin"}.get(args.format)
+        if beside:
+            _check_output(beside, args.force, os.path.splitext(beside)[1])
     model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
@@ -205,15 +216,29 @@ def _export(args) -> None:
                                   if args.warmup_size != "none" else [])
         print(f"{args.model} -> {path} (signatures serving_default, encoded, logits)")
         return
-    calibration, outputs = None, args.outputs or "scores"  # (None: not given, which --format savedmodel checks)
+    size = _size(args.input_size) if args.input_size else None
+    if args.format == "onnx":
+        path = export_onnx(model, args.out, info, input_size=size, overwrite=args.force)
+        shape = "x".join(map(str, size)) if size else "any size"
+        print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, input images float32 "
+              f"[batch, height, width, 3] at {shape}, output logits [batch, classes, height, width])")
+        return
+    calibration = None
     if args.quantize == "int8" and args.calibration:
         calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
                                          data_dir=args.data_dir)
     from keras_pspnet.console import native_output_hidden
 
+    if args.format == "openvino":
+        path = export_openvino(model, args.out, info, quantize=args.quantize, calibration=calibration,
+                               input_size=size, overwrite=args.force)
+        weights = os.path.splitext(path)[0] + ".bin"
+        print(f"{args.model} -> {path} and {weights} ({os.path.getsize(weights) / 2**20:.1f} MiB, {args.quantize})")
+        return
+    outputs = args.outputs or "scores"
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
-        path = export_tflite(model, args.out, info, input_size=_size(args.input_size), quantize=args.quantize,
+        path = export_tflite(model, args.out, info, input_size=size, quantize=args.quantize,
                              outputs=outputs, calibration=calibration, overwrite=args.force)
     print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, {outputs}) "
           f"and {tflite_json(path)}")
@@ -247,7 +272,7 @@ def _load_predictor(args):
     from keras_pspnet.predictors import load_predictor
 
     with contextlib.nullcontext() if args.verbose else native_output_hidden((2,)):
-        return load_predictor(args.model, trust_model=args.trust_model)
+        return load_predictor(args.model, trust_model=args.trust_model, runtime=args.runtime)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -307,8 +332,12 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The test protocol options (`keras_pspnet.protocol.TestProtocol`), shared by evaluate and predict."""
     group = parser.add_argument_group("test protocol (default: the model's own, e.g. a pretrained model's published "
                                       "one; else the whole image at its size)")
-    parser.add_argument("--trust-model", action="store_true", help="load a SavedModel that `pspnet export` did not "
-                        "write (loading runs its operations: only for a source you trust)")
+    parser.add_argument("--trust-model", action="store_true", help="load a SavedModel, ONNX model or OpenVINO IR that "
+                        "`pspnet export` did not write (only for a source you trust)")
+    # (choices written out: keras_pspnet.predictors.RUNTIMES would import Keras to parse arguments)
+    parser.add_argument("--runtime", choices=("keras", "onnx", "openvino"), default="keras",
+                        help="run a published name or .keras model in ONNX Runtime or OpenVINO (exported on the fly, "
+                        "float32): faster than TensorFlow on x86 CPUs, the same numbers")
     group.add_argument("--protocol", choices=("model", "native", "mmseg", "semseg"), default="model",
                        help="mmseg: mmsegmentation's (keep-ratio resize, logits averaged); semseg: the PSPNet "
                        "authors' (long side to a base size, mean padding, probabilities averaged); native: whole "
@@ -354,7 +383,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 MODEL_HELP = ("a published name (`pspnet pretrained list`: downloaded, verified and converted once, then cached), "
-              "MODEL.keras, a SavedModel directory or FILE.tflite")
+              "MODEL.keras, a SavedModel directory, FILE.tflite, FILE.onnx or an OpenVINO FILE.xml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,19 +456,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--force", "--overwrite", action="store_true", help="replace --json if it exists")
     evaluate.set_defaults(run=_evaluate)
 
-    export = commands.add_parser("export", parents=[common], help="SavedModel for TF Serving, or .tflite for phones")
+    export = commands.add_parser("export", parents=[common], help="SavedModel for TF Serving, .tflite for phones, "
+                                 "ONNX, or OpenVINO IR for CPUs")
     export.add_argument("--model", help="a published name (`pspnet pretrained list`) or MODEL.keras")
     export.add_argument("source", nargs="?", metavar="MODEL", help="the same as --model (the older form)")
-    export.add_argument("--out", required=True, help="TF Serving model directory (models/NAME) or FILE.tflite")
-    export.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel",
-                        help="savedmodel: for TF Serving (versions in --out); tflite: one .tflite file")
+    export.add_argument("--out", required=True, help="TF Serving model directory (models/NAME), FILE.tflite, "
+                        "FILE.onnx or FILE.xml (OpenVINO: and FILE.bin)")
+    # (choices written out: keras_pspnet.export.FORMATS would import TensorFlow to parse arguments)
+    export.add_argument("--format", choices=("savedmodel", "tflite", "onnx", "openvino"), default="savedmodel",
+                        help="savedmodel: for TF Serving (versions in --out); tflite: one .tflite file; onnx: one "
+                        ".onnx file (ONNX Runtime, TensorRT, ...); openvino: an OpenVINO IR (.xml and .bin), the "
+                        "fastest on Intel CPUs")
     export.add_argument("--model-version", "--version", dest="version", type=int, metavar="N",
                         help="SavedModel version (default: the next free one; never replaced)")
     export.add_argument("--probabilities", action="store_true", help="SavedModel: also output probabilities")
     export.add_argument("--warmup-size", default="473x473", help="SavedModel: the image sizes TF Serving warms up at "
                         "load, HxW[,HxW...] (the sizes clients will send), or none")
-    export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none", help="TFLite quantization")
-    export.add_argument("--input-size", help="TFLite input size HxW")
+    export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none",
+                        help="TFLite and OpenVINO quantization (int8 needs --calibration)")
+    export.add_argument("--input-size", help="input size HxW: required for TFLite; ONNX and OpenVINO take any size "
+                        "unless given (OpenVINO int8 then calibrates on windows of it, else on whole images)")
     # (choices written out, as --quantize's: keras_pspnet.tflite.LAYOUTS would import Keras to parse arguments)
     export.add_argument("--outputs", choices=("scores", "class_map"),
                         help="TFLite output: scores [1,H,W,classes] log-probabilities (default; MediaPipe "
@@ -451,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-dir", help="TFDS data_dir of --calibration")
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
                         "classes.json (default: the model's own, else classes.json beside it)")
-    export.add_argument("--force", "--overwrite", action="store_true", help="TFLite: replace --out and its .json "
+    export.add_argument("--force", "--overwrite", action="store_true", help="replace --out and the file beside it "
                         "if they exist (SavedModel versions are never replaced)")
     export.set_defaults(run=_export)
 

@@ -1,4 +1,5 @@
-"""Shipping a model: a versioned SavedModel for TF Serving and a .tflite for phones, with metadata."""
+"""Shipping a model: a versioned SavedModel for TF Serving, a .tflite for phones, an ONNX model and an OpenVINO IR,
+each with its metadata and from the one model `deployable` gives."""
 
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ import tensorflow as tf
 from keras_pspnet import __version__, tflite
 from keras_pspnet.data.image import decode_rgb
 from keras_pspnet.data.info import DatasetInfo
-from keras_pspnet.files import check_new_output, write_bytes, write_text
+from keras_pspnet.files import check_new_output, partial_name, refuse_link, write_bytes, write_text
+from keras_pspnet.inference import MAX_SIDE, fold_batch_norms
 from keras_pspnet.layers.resize import resize_bilinear
 from keras_pspnet.model import (
-    inference_model,
     low_resolution_logits,
     model_input,
     model_mean,
     model_metadata,
+    portable_model,
     uses_align_corners,
 )
 from keras_pspnet.predictors import METADATA_FILE, tflite_json
 from keras_pspnet.protocol import TestProtocol, own_protocol
+from keras_pspnet.runtimes import optional_runtime
 
+FORMATS = ("savedmodel", "tflite", "onnx", "openvino")
 QUANTIZATIONS = ("none", "fp16", "int8")
 MIN_CALIBRATION_IMAGES = 16  # int8 activation ranges are min/max over the calibration windows: too few clip others
 # The runtimes whose loading and results CI checks (tests/test_tflite_runtimes.py); the JSON states them.
@@ -51,6 +55,13 @@ def metadata(model: keras.Model, info: DatasetInfo, **extra) -> dict:
         **{key: own[key] for key in ("protocol", "source") if key in own},
         **extra,
     }
+
+
+def deployable(model: keras.Model) -> keras.Model:
+    """The model every export writes: no auxiliary head, float32 with plain batch norms (`portable_model`), each
+    batch norm folded into the convolution before it (`fold_batch_norms`). The one place these are decided for
+    SavedModel, TFLite, ONNX and OpenVINO: every format computes the same function with the same weights."""
+    return fold_batch_norms(portable_model(model))
 
 
 def _logits(model, images):
@@ -150,9 +161,9 @@ def export_saved_model(model: keras.Model, base_dir: str, info: DatasetInfo, *, 
         encoded: image_bytes string [batch] (JPEG/PNG; REST {"b64": ...}) -> the same outputs.
         logits: images float32 [batch, height, width, 3] (0-255) -> logits float32 [..., classes].
     The directory is written under a temporary name and renamed, so TF Serving never sees half a model.
-    An auxiliary head is dropped (`inference_model`).
+    The model written is `deployable(model)`.
     """
-    model = inference_model(model)
+    model = deployable(model)
     version = next_version(base_dir) if version is None else int(version)
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target):
@@ -236,6 +247,23 @@ def calibration_window(image: np.ndarray, size: tuple[int, int], protocol: TestP
     return keras.ops.convert_to_numpy(model_input(window, "uint8"))
 
 
+def _calibration_windows(model: keras.Model, calibration: Iterable[np.ndarray], size: tuple[int, int] | None,
+                         path: str) -> list[np.ndarray]:
+    """uint8 [1, height, width, 3] windows of `size` (`calibration_window`), at least MIN_CALIBRATION_IMAGES. With no
+    `size` (a model that takes any size), each image as whole-image inference runs it: resized by the model's test
+    protocol at scale 1, then its centre window of at most `inference.MAX_SIDE` a side."""
+    protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
+
+    def window_size(image):
+        return size or tuple(min(side, MAX_SIDE) for side in protocol.scaled_size(*image.shape[:2], 1.0))
+
+    images = [calibration_window(image, window_size(image), protocol, mean)[None] for image in calibration]
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"{path}: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images "
+                         f"to set its activation ranges; the calibration data gave {len(images)}")
+    return images
+
+
 def _float_input(model: keras.Model) -> keras.Model:
     """`model` taking float32 pixels: itself, or the twin of a model built with input_dtype="uint8" (same weights).
     The int8 converter quantizes a float input into the uint8 it takes; a uint8 input's casts would stay float."""
@@ -264,9 +292,9 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     (scale 1, zero point 0), int8 weights and activations, the uint8 output; no float tensor, so NNAPI, Edge TPU
     and Hexagon delegates can take the whole graph), calibrated on `calibration`: at least MIN_CALIBRATION_IMAGES
     uint8 images [height, width, 3] of any size, each turned into the window the model sees by
-    `calibration_window`. An auxiliary head is dropped (`inference_model`).
+    `calibration_window`. The model written is `deployable(model)`.
     """
-    model = inference_model(model)
+    model = deployable(model)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if quantize == "int8":
@@ -290,11 +318,7 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
         check_new_output(existing, overwrite)
     height, width = input_size
     if quantize == "int8":  # first: a bad calibration source fails before the minutes of conversion
-        protocol, mean = own_protocol(model_metadata(model)), model_mean(model)
-        images = [calibration_window(image, input_size, protocol, mean)[None] for image in calibration]
-        if len(images) < MIN_CALIBRATION_IMAGES:
-            raise ValueError(f"{path}: int8 quantization needs at least {MIN_CALIBRATION_IMAGES} calibration images "
-                             f"to set its activation ranges; the calibration data gave {len(images)}")
+        images = _calibration_windows(model, calibration, input_size, path)
     archive = _archive()
     align_corners = uses_align_corners(model)
     # int8: a float input the converter quantizes itself (inference_input_type uint8), so that no float tensor
@@ -341,4 +365,88 @@ def export_tflite(model: keras.Model, path: str, info: DatasetInfo, *, input_siz
     content = tflite.populate(tree, meta, outputs, description, __version__)
     write_text(json_path, json.dumps(meta, indent=1))  # each written beside and renamed: never half a file
     write_bytes(path, content)
+    return path
+
+
+def _onnx(model: keras.Model, info: DatasetInfo, input_size: tuple[int, int] | None, **extra):
+    """The ONNX ModelProto of a `deployable` model, with our metadata JSON as metadata_props["keras_pspnet"]."""
+    from keras_pspnet.onnx_graph import INPUT, METADATA_KEY, OPSET, OUTPUT, onnx_model
+
+    classes = int(model.output.shape[-1])
+    size = {"input_size": list(input_size)} if input_size else {}
+    meta = metadata(model, info, **size, input_dtype="float32", opset=OPSET,
+                    outputs={OUTPUT: {"layout": "NCHW", "dtype": "float32", "meaning": "logits"}}, **extra)
+    doc = (f"PSPNet semantic segmentation, {classes} classes: {INPUT} float32 [batch, height, width, 3] RGB 0-255 "
+           f"in, {OUTPUT} float32 [batch, {classes}, height, width] out")
+    return onnx_model(model, metadata={METADATA_KEY: json.dumps(meta)}, input_size=input_size, doc=doc,
+                      producer_version=__version__)
+
+
+def export_onnx(model: keras.Model, path: str, info: DatasetInfo, *, input_size: tuple[int, int] | None = None,
+                overwrite: bool = False) -> str:
+    """Writes an ONNX model (opset `keras_pspnet.onnx_graph.OPSET`, checked with `onnx.checker`) and returns `path`.
+
+    Input "images": float32 [batch, height, width, 3], RGB pixels 0-255 (normalised inside); height and width are
+    dynamic unless `input_size`. Output "logits": float32 [batch, classes, height, width] (ONNX's NCHW layout).
+    metadata_props["keras_pspnet"] holds the metadata JSON (`metadata`: classes, test protocol, source), which
+    `pspnet predict` and `pspnet evaluate` read. The model written is `deployable(model)`. An existing file is
+    refused unless `overwrite`, and replaced only once the new one is complete.
+    """
+    optional_runtime("onnx", "onnx")
+    check_new_output(path, overwrite)
+    content = _onnx(deployable(model), info, input_size, format="onnx").SerializeToString()
+    write_bytes(path, content)
+    return path
+
+
+def export_openvino(model: keras.Model, path: str, info: DatasetInfo, *, quantize: str = "none",
+                    calibration: Iterable[np.ndarray] | None = None, input_size: tuple[int, int] | None = None,
+                    overwrite: bool = False) -> str:
+    """Writes an OpenVINO IR, `path` (.xml) and the .bin beside it, and returns `path`.
+
+    The graph is the ONNX model of `export_onnx` (same input, output and dynamic sizes unless `input_size`), read
+    by OpenVINO's ONNX frontend; its rt_info holds the metadata JSON (`model.get_rt_info(["keras_pspnet",
+    "metadata"])`). quantize: "none"
+    (fp32), "fp16" (weights stored as float16: half the size; the CPU still computes in float32) or "int8" (NNCF
+    post-training quantization of weights and activations, ranges from `calibration`: at least
+    MIN_CALIBRATION_IMAGES uint8 images, each as the model will see it (`_calibration_windows`: the window of
+    `input_size`, else the whole image as its test protocol resizes it)). Existing files are refused unless
+    `overwrite`; the new .bin and .xml are written beside and renamed, the .xml last, so that a kill never leaves an
+    .xml naming a damaged model.
+    """
+    ov = optional_runtime("openvino", "openvino")
+    optional_runtime("onnx", "openvino")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
+    if quantize == "int8" and calibration is None:
+        raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
+    if not path.endswith(".xml"):
+        raise ValueError(f"{path}: an OpenVINO IR is an .xml file (and the .bin beside it)")
+    weights = os.path.splitext(path)[0] + ".bin"
+    for existing in (path, weights):
+        check_new_output(existing, overwrite)
+    model = deployable(model)
+    images = _calibration_windows(model, calibration, input_size, path) if quantize == "int8" else None
+    import io
+
+    proto = _onnx(model, info, input_size, format="openvino", quantization=quantize)
+    ir = ov.convert_model(io.BytesIO(proto.SerializeToString()))
+    if quantize == "int8":
+        nncf = optional_runtime("nncf", "openvino")
+        ir = nncf.quantize(ir, nncf.Dataset([image.astype(np.float32) for image in images]), subset_size=len(images))
+    ir.set_rt_info(proto.metadata_props[0].value, [proto.metadata_props[0].key, "metadata"])
+    partial = partial_name(path)
+    partial_weights = os.path.splitext(partial)[0] + ".bin"
+    try:
+        ov.save_model(ir, partial, compress_to_fp16=quantize == "fp16")
+        for target in (path, weights):
+            refuse_link(target)
+        if os.path.lexists(path):  # the old .xml first: its .bin is replaced next
+            os.remove(path)
+        os.replace(partial_weights, weights)
+        os.replace(partial, path)
+    finally:
+        for leftover in (partial, partial_weights):
+            if os.path.lexists(leftover):
+                os.remove(leftover)
     return path

@@ -1,4 +1,5 @@
-"""One interface over the three forms a model takes: a Keras model, an exported SavedModel and a .tflite.
+"""One interface over the forms a model takes: a Keras model, an exported SavedModel, a .tflite, an ONNX model and an
+OpenVINO IR (the last two in `keras_pspnet.runtimes`).
 
 A predictor has `predict_on_batch(images float32 [B, H, W, 3], pixels 0-255) -> logits [B, H, W, classes]`,
 and `mean` (the RGB fill for padding), `num_classes`, `input_size` (fixed (H, W) or None), `align_corners`
@@ -234,16 +235,35 @@ def as_predictor(model):
     return KerasPredictor(model) if isinstance(model, keras.Model) else model
 
 
-def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None = None):
-    """A predictor for a published name (see `keras_pspnet.model.load_model`), a .keras file, a SavedModel (or TF
-    Serving base directory: its latest version) or a .tflite.
+RUNTIMES = ("keras", "onnx", "openvino")
 
-    A SavedModel that `pspnet export` did not write is refused before it is loaded unless `trust_model`: loading a
-    SavedModel runs its operations (see `check_saved_model`).
+
+def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None = None, runtime: str = "keras"):
+    """A predictor for a published name (see `keras_pspnet.model.load_model`), a .keras file, a SavedModel (or TF
+    Serving base directory: its latest version), a .tflite, an .onnx (ONNX Runtime) or an OpenVINO .xml.
+
+    A SavedModel, ONNX model or OpenVINO IR that `pspnet export` did not write is refused before it is loaded unless
+    `trust_model`: loading a SavedModel runs its operations (see `check_saved_model`); the runtimes of the others
+    are large C++ parsers, given only the operations our exports write.
+
+    runtime: for a published name or a .keras file, "onnx" or "openvino" exports it (fp32, any size) into a
+    temporary folder and runs it there: on x86 CPUs, faster than TensorFlow with the same numbers
+    (benchmarks/runtimes_cpu.py).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    if runtime != "keras":
+        if path.endswith((".tflite", ".onnx", ".xml")) or os.path.isdir(path):
+            raise ValueError(f"{path}: --runtime {runtime} runs a published name or a .keras model; an exported model "
+                             "runs in its own runtime")
+        return _exported_predictor(path, runtime, cache_dir)
     if path.endswith(".tflite"):
         regular_file(path, "model")
         return TFLitePredictor(path)
+    if path.endswith((".onnx", ".xml")):
+        from keras_pspnet.runtimes import OnnxPredictor, OpenVINOPredictor
+
+        return (OnnxPredictor if path.endswith(".onnx") else OpenVINOPredictor)(path, trust_model)
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             versions = sorted((int(v) for v in os.listdir(path) if v.isdigit()), reverse=True)
@@ -254,3 +274,21 @@ def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None =
     from keras_pspnet.model import load_model
 
     return KerasPredictor(load_model(path, cache_dir))
+
+
+def _exported_predictor(path: str, runtime: str, cache_dir: str | None):
+    """The predictor of `path`'s ONNX model or OpenVINO IR, written to a temporary folder that is gone afterwards
+    (both runtimes hold the model in memory once it is loaded)."""
+    import tempfile
+
+    from keras_pspnet.data.classes import resolve_classes
+    from keras_pspnet.export import export_onnx, export_openvino
+    from keras_pspnet.model import load_model
+    from keras_pspnet.runtimes import OnnxPredictor, OpenVINOPredictor
+
+    model = inference_model(load_model(path, cache_dir))
+    info = resolve_classes(None, int(model.output.shape[-1]), path, model_metadata(model))
+    with tempfile.TemporaryDirectory(prefix="pspnet-") as folder:
+        if runtime == "onnx":
+            return OnnxPredictor(export_onnx(model, os.path.join(folder, "model.onnx"), info))
+        return OpenVINOPredictor(export_openvino(model, os.path.join(folder, "model.xml"), info))

@@ -62,6 +62,9 @@ def test_convert_export_predict_evaluate(source_model, dataset, tmp_path, capsys
     tflite = str(tmp_path / "pspnet.tflite")
     assert main(["export", model_path, "--out", saved, "--warmup-size", "32x48"]) == 0
     assert main(["export", model_path, "--format", "tflite", "--input-size", "64x64", "--out", tflite]) == 0
+    onnx_model, ir = str(tmp_path / "pspnet.onnx"), str(tmp_path / "pspnet.xml")
+    assert main(["export", model_path, "--format", "onnx", "--out", onnx_model]) == 0
+    assert main(["export", model_path, "--format", "openvino", "--out", ir]) == 0
     image = os.path.join(dataset, "val", "images", "0.png")
     pixels = np.asarray(Image.open(image))
     protocol = TestProtocol("mmseg", (96, 64))
@@ -69,7 +72,7 @@ def test_convert_export_predict_evaluate(source_model, dataset, tmp_path, capsys
     slide = predict_scores(model, pixels, TestProtocol("mmseg", (96, 64), "slide", (64, 64))).argmax(-1)
 
     for name, path, extra in [("keras", model_path, []), ("savedmodel", saved, []),
-                              ("tflite", tflite, ["--mode", "slide"])]:
+                              ("tflite", tflite, ["--mode", "slide"]), ("onnx", onnx_model, []), ("openvino", ir, [])]:
         out = str(tmp_path / f"predicted_{name}")
         assert main(["predict", "--model", path, image, "--out", out, *flags, *extra]) == 0, capsys.readouterr().err
         label = np.asarray(Image.open(os.path.join(out, "0_label.png")))
@@ -85,7 +88,7 @@ def test_convert_export_predict_evaluate(source_model, dataset, tmp_path, capsys
         assert results["images"] == 3 and results["protocol"]["style"] == "mmseg"
         if name == "keras":
             keras_miou = results["mIoU"]
-        elif name == "savedmodel":
+        elif name in ("savedmodel", "onnx", "openvino"):
             assert results["mIoU"] == pytest.approx(keras_miou, abs=1e-3)
     assert sorted(os.listdir(saved)) == ["1"]
     exported = json.load(open(os.path.join(saved, "1", "assets.extra", "pspnet.json")))

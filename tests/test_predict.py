@@ -108,7 +108,8 @@ def test_export_command_errors(setup, tmp_path, capsys):
 
 
 def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_path, capsys):
-    """The same evaluation for the .keras model, its SavedModel, its fp32 .tflite and its int8 .tflite."""
+    """The same evaluation for the .keras model, its SavedModel, its fp32 and int8 .tflite, its ONNX model and its
+    fp32 and int8 OpenVINO IR (made by the command line, calibrated on the dataset)."""
     import json
 
     from keras_pspnet.cli import main
@@ -119,11 +120,24 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
                          quantize="int8", calibration=calibration)
     classes = export_tflite(model, str(tmp_path / "classes.tflite"), CLASS_SETS["context"], input_size=(96, 96),
                             quantize="int8", outputs="class_map", calibration=calibration)
+    onnx_model, ir, ir_int8 = (str(tmp_path / name) for name in ("model.onnx", "ir.xml", "ir_int8.xml"))
+    assert main(["export", trained_context_model, "--format", "onnx", "--out", onnx_model]) == 0
+    assert main(["export", trained_context_model, "--format", "openvino", "--out", ir]) == 0
+    os.makedirs(tmp_path / "calibration")
+    for i, image in enumerate(calibration):  # the scenes the .tflite int8 is calibrated on, as a folder of images
+        Image.fromarray(image).save(tmp_path / "calibration" / f"{i}.png")
+    assert main(["export", trained_context_model, "--format", "openvino", "--out", ir_int8, "--quantize", "int8",
+                 "--calibration", str(tmp_path / "calibration"), "--input-size", "96x96"]) == 0
+    assert f"-> {ir_int8} and {ir_int8[:-4]}.bin (" in capsys.readouterr().out
     miou = {}
-    for name, path in [("keras", trained_context_model), ("savedmodel", saved), ("fp32", tflite), ("int8", int8),
-                       ("int8_class_map", classes)]:
+    for name, path, extra in [
+            ("keras", trained_context_model, []), ("savedmodel", saved, []), ("fp32", tflite, []), ("int8", int8, []),
+            ("int8_class_map", classes, []), ("onnx", onnx_model, []), ("openvino", ir, []),
+            ("openvino_int8", ir_int8, []), ("runtime_onnx", trained_context_model, ["--runtime", "onnx"]),
+            ("runtime_openvino", trained_context_model, ["--runtime", "openvino"])]:
         report = str(tmp_path / f"scores_{name}.json")  # not int8.json: the .tflite's metadata is called that
-        assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report]) == 0
+        assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report,
+                     *extra]) == 0
         miou[name] = json.load(open(report))["mIoU"]
     report = os.path.splitext(int8)[0] + ".json"  # the int8 model's metadata: never an output
     assert main(["evaluate", "--model", int8, "--data", "context", "--context-size", "96", "--json", report,
@@ -136,6 +150,12 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     assert miou["fp32"] == pytest.approx(miou["keras"], abs=1e-3)
     assert abs(miou["keras"] - miou["int8"]) < 0.05 and miou["keras"] > 0.5  # int8 may land a hair above
     assert abs(miou["int8_class_map"] - miou["int8"]) < 0.01
+    assert miou["onnx"] == pytest.approx(miou["keras"], abs=1e-4)
+    assert miou["openvino"] == pytest.approx(miou["keras"], abs=1e-4)
+    assert miou["runtime_onnx"] == miou["onnx"] and miou["runtime_openvino"] == miou["openvino"]
+    assert main(["evaluate", "--model", onnx_model, "--runtime", "openvino", "--data", "context"]) == 2
+    assert "model.onnx: --runtime openvino runs a published name or a .keras model" in capsys.readouterr().err
+    assert abs(miou["keras"] - miou["openvino_int8"]) < 0.05
 
 
 class ChannelPredictor:

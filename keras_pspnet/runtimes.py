@@ -1,0 +1,159 @@
+"""Predictors for the ONNX model and the OpenVINO IR of `keras_pspnet.export`: ONNX Runtime and OpenVINO.
+
+Both runtimes are optional (`pip install 'keras-pspnet[onnx]'`, `'keras-pspnet[openvino]'`). A file is checked as
+one from anywhere before a runtime parses it: bounded in size, only the operations our exports write, weights inside
+the file (ONNX) or inside the .bin beside it (OpenVINO), and our metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+
+from keras_pspnet.console import one_line
+from keras_pspnet.files import printable, read_bytes, regular_file
+from keras_pspnet.onnx_graph import INPUT, METADATA_KEY, OPERATIONS, OUTPUT
+from keras_pspnet.predictors import _ExportedPredictor
+
+MAX_ONNX_BYTES = 2**31 - 1  # protobuf's limit: an ONNX file with its weights inside is at most this
+MAX_IR_XML_BYTES = 64 * 2**20  # the .xml holds the graph only; the weights are in the .bin
+# The layer types of the IRs `pspnet export --format openvino` writes (fp32, fp16, int8; every backbone and option,
+# OpenVINO 2026.4), and kin a later OpenVINO may write instead.
+IR_LAYERS = frozenset("""Add Clamp Concat Const Convert Convolution Divide FakeQuantize Gather GreaterEqual
+    GroupConvolution Interpolate Less LogicalAnd MatMul MaxPool Multiply Pad Parameter Range ReLU ReduceMean ReduceSum
+    Reshape Result Round ShapeOf Slice Squeeze Subtract Transpose Unsqueeze""".split())
+TRUST_HINT = "if you trust its source, pass trust_model=True (--trust-model)"
+
+
+def optional_runtime(module: str, extra: str, path: str | None = None):
+    """Imports an optional runtime, or says in one line which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        where = f"{path}: running it needs {module}" if path else f"{module} is not installed"
+        raise ImportError(f"{where}: pip install 'keras-pspnet[{extra}]'") from None
+
+
+def _metadata(text: str | None, path: str) -> dict:
+    if text is None:
+        raise ValueError(f"{path}: not exported by keras-pspnet (no {METADATA_KEY} metadata)")
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: its {METADATA_KEY} metadata is not JSON ({one_line(error)[:120]})") from None
+
+
+def _foreign(found: set[str], allowed: frozenset, path: str, what: str) -> None:
+    foreign = sorted(found - allowed)
+    if foreign:
+        raise ValueError(f"{path}: holds {what} keras-pspnet's exports do not ({printable(', '.join(foreign[:8]))}"
+                         f"{', ...' if len(foreign) > 8 else ''}); {TRUST_HINT}")
+
+
+def checked_onnx(path: str, trust_model: bool = False):
+    """(file content, metadata dict) of an ONNX model from `pspnet export --format onnx`, checked as data before
+    ONNX Runtime reads it: a protobuf ModelProto, weights inside (external data would make the runtime open other
+    files), our input and output, and (unless `trust_model`) only the operations our exports write."""
+    onnx = optional_runtime("onnx", "onnx", path)
+    from google.protobuf.message import DecodeError
+
+    content = read_bytes(path, MAX_ONNX_BYTES, "ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(content)
+    except (DecodeError, RuntimeWarning, ValueError):
+        raise ValueError(f"{path}: not an ONNX model (not a ModelProto)") from None
+    graph = model.graph
+    if not graph.node:
+        raise ValueError(f"{path}: not an ONNX model (no graph)")
+    tensors = list(graph.initializer) + [a.t for node in graph.node for a in node.attribute if a.HasField("t")]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in tensors) or \
+            graph.sparse_initializer:
+        raise ValueError(f"{path}: keeps weights outside the file (external data); keras-pspnet's exports do not")
+    if not trust_model:
+        _foreign({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node},
+                 OPERATIONS, path, "operations")
+    names = ([i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}],
+             [o.name for o in graph.output])
+    if names != ([INPUT], [OUTPUT]):
+        found = f"inputs {printable(str(names[0]), 100)} and outputs {printable(str(names[1]), 100)}"
+        raise ValueError(f"{path}: has {found}, not [{INPUT!r}] and [{OUTPUT!r}] (export it with `pspnet export "
+                         "--format onnx`)")
+    props = {p.key: p.value for p in model.metadata_props}
+    return content, _metadata(props.get(METADATA_KEY), path)
+
+
+class OnnxPredictor(_ExportedPredictor):
+    """An .onnx from `pspnet export --format onnx`, run by ONNX Runtime on the CPU (any input size unless exported
+    with a fixed one). Its NCHW logits are returned channels last, as the predictor interface has them."""
+
+    def __init__(self, path: str, trust_model: bool = False, threads: int | None = None):
+        ort = optional_runtime("onnxruntime", "onnx", path)
+        content, metadata = checked_onnx(path, trust_model)
+        super().__init__(path, path, metadata)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings are about the machine, not the model
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT's own exceptions (InvalidGraph, Fail, ...) for what passed the checks
+            raise ValueError(f"{path}: ONNX Runtime cannot load it ({one_line(error)[:200]})") from None
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {"images": np.asarray(images, np.float32)})[0]
+        return np.ascontiguousarray(logits.transpose(0, 2, 3, 1))
+
+
+def checked_ir(path: str, trust_model: bool = False) -> dict:
+    """The metadata of an OpenVINO IR from `pspnet export --format openvino`, its .xml checked as data before
+    OpenVINO reads it: (unless `trust_model`) only the layer types our exports write, and every weight inside the
+    .bin beside it."""
+    weights = os.path.splitext(path)[0] + ".bin"
+    try:
+        root = ElementTree.fromstring(read_bytes(path, MAX_IR_XML_BYTES, "OpenVINO IR"))
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{path}: not an OpenVINO IR (not XML: {one_line(error)[:100]})") from None
+    if root.tag != "net":
+        raise ValueError(f"{path}: not an OpenVINO IR (its root is <{printable(root.tag, 40)}>, not <net>)")
+    size = regular_file(weights, "OpenVINO weights").st_size
+    layers = list(root.iter("layer"))
+    if not trust_model:
+        _foreign({str(layer.get("type")) for layer in layers}, IR_LAYERS, path, "layer types")
+    for data in root.iter("data"):
+        if data.get("offset") is not None:
+            try:
+                end = int(data.get("offset")) + int(data.get("size", 0))
+            except ValueError:
+                raise ValueError(f"{path}: a weight's offset or size is not a number") from None
+            if not 0 <= end <= size or int(data.get("offset")) < 0:
+                raise ValueError(f"{path}: a weight lies beyond the end of {weights} ({size} bytes)")
+    node = root.find(f"rt_info/{METADATA_KEY}/metadata")
+    return _metadata(None if node is None else node.get("value"), path)
+
+
+class OpenVINOPredictor(_ExportedPredictor):
+    """An OpenVINO IR (.xml and .bin) from `pspnet export --format openvino`, run by OpenVINO on the CPU.
+
+    Always in float32 where the model is float: OpenVINO would otherwise run bfloat16 on CPUs that have it
+    (INFERENCE_PRECISION_HINT), and the numbers would no longer be the exported model's. An int8 IR runs its
+    quantized layers in int8.
+    """
+
+    def __init__(self, path: str, trust_model: bool = False, device: str = "CPU"):
+        ov = optional_runtime("openvino", "openvino", path)
+        super().__init__(path, path, checked_ir(path, trust_model))
+        try:
+            core = ov.Core()
+            self.model = core.compile_model(core.read_model(path), device, {"INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as error:  # OpenVINO's RuntimeError (and kin) with a C++ trace
+            raise ValueError(f"{path}: OpenVINO cannot load it ({one_line(error)[:200]})") from None
+
+    def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
+        logits = self.model(np.asarray(images, np.float32))[0]
+        return np.ascontiguousarray(logits.transpose(0, 2, 3, 1))
