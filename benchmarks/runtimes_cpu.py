@@ -8,7 +8,8 @@ Needs the extras test, onnx and openvino (`bash scripts/install.sh test,onnx,ope
 (`keras_pspnet.export.deployable`: BN folded, no auxiliary head) from the same model; PyTorch runs
 tests/mmseg_reference.py (mmsegmentation's structure, eval mode, eager). Each row returns logits at the input size
 (TFLite: log-probabilities, its output layout). int8 rows are calibrated on 16 synthetic scenes. Variants are timed
-round-robin after two warm-up calls each; the table gives the median and the fastest of the repeats.
+round-robin after two warm-up calls each; the table gives the median and the fastest of the repeats, and how many
+pixels get the TF graph's class (a row that computed something else would show here, not as a fast row).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"some of {', '.join(MODELS)}")
     args = parser.parse_args()
 
+    import numpy as np
     import onnxruntime
     import openvino
     import tensorflow as tf
@@ -119,19 +121,33 @@ def main() -> None:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as root:
             rows = variants(name, args, root)
+            reference = labels(rows["TF graph (tf.function)"][1](), args.classes)
+            agreement = {row: "-" if row.startswith("PyTorch") else  # (its own random weights)
+                         f"{100 * np.mean(labels(run(), args.classes) == reference):.2f}%"
+                         for row, (_, run) in rows.items()}
             times = time_round_robin({row: run for row, (_, run) in rows.items()}, args.repeats)
-            tables[name] = [(row, rows[row][0], statistics.median(t), min(t)) for row, t in times.items()]
+            tables[name] = [(row, rows[row][0], statistics.median(t), min(t), agreement[row])
+                            for row, t in times.items()]
     print(f"\nPSPNet inference on the CPU, {args.size}x{args.size}, batch 1, {args.classes} classes, {args.threads} "
           f"threads, {platform.processor() or platform.machine()}; TF {tf.__version__}, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}")
     print(f"{'model':12s} {'runtime':34s} {'precision':9s} {'median s':>9s} {'min s':>7s} {'vs PyTorch':>10s} "
-          f"{'vs fastest fp32':>15s}")
+          f"{'vs fastest fp32':>15s} {'same class':>10s}")
     for name, rows in tables.items():
         pytorch = rows[0][2]
-        fastest = min(median for _, precision, median, _ in rows if precision == "fp32")
-        for row, precision, median, fastest_run in rows:
+        fastest = min(median for _, precision, median, _, _ in rows if precision == "fp32")
+        for row, precision, median, fastest_run, agreement in rows:
             print(f"{name:12s} {row:34s} {precision:9s} {median:9.3f} {fastest_run:7.3f} {pytorch / median:9.2f}x "
-                  f"{median / fastest:14.2f}x")
+                  f"{median / fastest:14.2f}x {agreement:>10s}")
+    print("same class: pixels whose class is the TF graph's (the same weights; PyTorch has its own random ones)")
+
+
+def labels(output, classes: int):
+    """The class map [H, W] of one row's output: NHWC or NCHW scores, or LiteRT's {name: scores}."""
+    import numpy as np
+
+    output = np.asarray(next(iter(output.values())) if isinstance(output, dict) else output)
+    return output[0].argmax(0 if output.shape[-1] != classes else -1)
 
 
 if __name__ == "__main__":

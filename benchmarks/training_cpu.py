@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from timing import time_round_robin  # (sys.path[0] is this script's folder)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
@@ -118,16 +120,7 @@ def compare_with_pytorch(batch: int, crop: int, steps: int, classes: int = 150) 
 
     variants = {"ours: Keras 3 / TF, make_train_step": lambda: float(step(*next(iterator))),
                 "PyTorch eager, mmseg structure": torch_step}
-    times = {name: [] for name in variants}
-    for run in variants.values():  # warm-up: tracing, first allocations
-        run()
-        run()
-    for _ in range(steps):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
+    return time_round_robin(variants, steps)
 
 
 def main() -> None:

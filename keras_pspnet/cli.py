@@ -180,40 +180,56 @@ def _evaluate(args) -> None:
         print(f"wrote {args.json}")
 
 
-# What each --format takes besides --out: the options valid for it (the others are refused by name).
-_EXPORT_OPTIONS = {"savedmodel": set(), "tflite": {"quantize", "input_size", "outputs", "calibration"},
+# The options of each --format besides --out, --classes and --force: any other given is refused by name.
+_EXPORT_OPTIONS = {"savedmodel": {"probabilities", "version", "warmup_size"},
+                   "tflite": {"quantize", "input_size", "outputs", "calibration"},
                    "onnx": {"input_size"}, "openvino": {"quantize", "input_size", "calibration"}}
+_CALIBRATION_OPTIONS = ("calibration_split", "calibration_count", "data_dir")  # with --calibration only
 _EXPORT_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "openvino": ".xml"}
+
+
+def _check_export_options(args) -> None:
+    """Every option given belongs to --format (and int8 has its calibration), before the model loads."""
+    given = {name for name in ("probabilities", "version", "warmup_size", "quantize", "input_size", "outputs",
+                               "calibration", *_CALIBRATION_OPTIONS) if getattr(args, name) not in (None, False)}
+
+    def names(options):
+        return ", ".join("--" + {"version": "model-version"}.get(name, name).replace("_", "-") for name in options)
+
+    wrong = sorted(given - _EXPORT_OPTIONS[args.format] - set(_CALIBRATION_OPTIONS))
+    if wrong:
+        raise ValueError(f"{names(wrong)}: not an option of --format {args.format}")
+    stray = [name for name in ("calibration", *_CALIBRATION_OPTIONS) if name in given]
+    if args.quantize != "int8" and stray:
+        raise ValueError(f"{names(stray)}: only for --quantize int8")
+    if args.quantize == "int8" and "calibration" not in given:
+        raise ValueError("--quantize int8 needs --calibration: a dataset (context, a TFDS name, a folder dataset) or "
+                         "a folder of images")
+    if args.format == "tflite" and not args.input_size:
+        raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
 
 
 def _export(args) -> None:
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import calibration_images, export_onnx, export_openvino, export_saved_model, export_tflite
     from keras_pspnet.model import inference_model, load_model, model_metadata
-    from keras_pspnet.predictors import tflite_json
+    from keras_pspnet.predictors import EXPORTED_SUFFIXES, ir_weights, tflite_json
 
-    if args.model.endswith((".tflite", ".onnx", ".xml")) or os.path.isdir(args.model):
+    if args.model.endswith(EXPORTED_SUFFIXES) or os.path.isdir(args.model):
         raise ValueError(f"{args.model}: export reads a published name or a .keras model, not an exported model "
                          "(export the .keras it came from)")
-    given = {"quantize": args.quantize != "none", "input_size": args.input_size, "outputs": args.outputs,
-             "calibration": args.calibration}
-    wrong = [f"--{name.replace('_', '-')}" for name, value in given.items()
-             if value and name not in _EXPORT_OPTIONS[args.format]]
-    if wrong:
-        raise ValueError(f"{', '.join(wrong)}: not an option of --format {args.format}")
-    if args.format == "tflite" and not args.input_size:
-        raise ValueError("--format tflite needs --input-size HxW (TFLite models have a fixed input size)")
+    _check_export_options(args)
     if args.format != "savedmodel":  # and the files beside it, before the model loads
         _check_output(args.out, args.force, _EXPORT_SUFFIX[args.format])
-        beside = {"tflite": tflite_json(args.out), "openvino": os.path.splitext(args.out)[0] + ".bin"}.get(args.format)
+        beside = {"tflite": tflite_json, "openvino": ir_weights}.get(args.format)
         if beside:
-            _check_output(beside, args.force, os.path.splitext(beside)[1])
+            _check_output(beside(args.out), args.force, os.path.splitext(beside(args.out))[1])
     model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":
+        warmup = args.warmup_size or "473x473"
         path = export_saved_model(model, args.out, info, version=args.version, probabilities=args.probabilities,
-                                  warmup_sizes=[_size(size) for size in args.warmup_size.split(",")]
-                                  if args.warmup_size != "none" else [])
+                                  warmup_sizes=[_size(size) for size in warmup.split(",")] if warmup != "none" else [])
         print(f"{args.model} -> {path} (signatures serving_default, encoded, logits)")
         return
     size = _size(args.input_size) if args.input_size else None
@@ -223,24 +239,24 @@ def _export(args) -> None:
         print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, input images float32 "
               f"[batch, height, width, 3] at {shape}, output logits [batch, classes, height, width])")
         return
-    calibration = None
-    if args.quantize == "int8" and args.calibration:
-        calibration = calibration_images(args.calibration, args.calibration_split, args.calibration_count,
-                                         data_dir=args.data_dir)
+    calibration, quantize = None, args.quantize or "none"
+    if quantize == "int8":
+        calibration = calibration_images(args.calibration, args.calibration_split or "train",
+                                         args.calibration_count or 64, data_dir=args.data_dir)
     from keras_pspnet.console import native_output_hidden
 
     if args.format == "openvino":
-        path = export_openvino(model, args.out, info, quantize=args.quantize, calibration=calibration,
+        path = export_openvino(model, args.out, info, quantize=quantize, calibration=calibration,
                                input_size=size, overwrite=args.force)
-        weights = os.path.splitext(path)[0] + ".bin"
-        print(f"{args.model} -> {path} and {weights} ({os.path.getsize(weights) / 2**20:.1f} MiB, {args.quantize})")
+        weights = ir_weights(path)
+        print(f"{args.model} -> {path} and {weights} ({os.path.getsize(weights) / 2**20:.1f} MiB, {quantize})")
         return
     outputs = args.outputs or "scores"
     # the TFLite quantizer prints its settings from C++ (unless --verbose)
     with contextlib.nullcontext() if args.verbose else native_output_hidden():
-        path = export_tflite(model, args.out, info, input_size=size, quantize=args.quantize,
+        path = export_tflite(model, args.out, info, input_size=size, quantize=quantize,
                              outputs=outputs, calibration=calibration, overwrite=args.force)
-    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {args.quantize}, {outputs}) "
+    print(f"{args.model} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {quantize}, {outputs}) "
           f"and {tflite_json(path)}")
 
 
@@ -465,14 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     # (choices written out: keras_pspnet.export.FORMATS would import TensorFlow to parse arguments)
     export.add_argument("--format", choices=("savedmodel", "tflite", "onnx", "openvino"), default="savedmodel",
                         help="savedmodel: for TF Serving (versions in --out); tflite: one .tflite file; onnx: one "
-                        ".onnx file (ONNX Runtime, TensorRT, ...); openvino: an OpenVINO IR (.xml and .bin), the "
-                        "fastest on Intel CPUs")
+                        ".onnx file (ONNX Runtime, OpenVINO, TensorRT, ...); openvino: an OpenVINO IR (.xml and .bin)")
     export.add_argument("--model-version", "--version", dest="version", type=int, metavar="N",
                         help="SavedModel version (default: the next free one; never replaced)")
     export.add_argument("--probabilities", action="store_true", help="SavedModel: also output probabilities")
-    export.add_argument("--warmup-size", default="473x473", help="SavedModel: the image sizes TF Serving warms up at "
-                        "load, HxW[,HxW...] (the sizes clients will send), or none")
-    export.add_argument("--quantize", choices=("none", "fp16", "int8"), default="none",
+    export.add_argument("--warmup-size", help="SavedModel: the image sizes TF Serving warms up at load, "
+                        "HxW[,HxW...] (the sizes clients will send; default 473x473), or none")
+    export.add_argument("--quantize", choices=("none", "fp16", "int8"),
                         help="TFLite and OpenVINO quantization (int8 needs --calibration)")
     export.add_argument("--input-size", help="input size HxW: required for TFLite; ONNX and OpenVINO take any size "
                         "unless given (OpenVINO int8 then calibrates on windows of it, else on whole images)")
@@ -482,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ImageSegmenter's layout) or class_map [1,H,W] uint8 class indices")
     export.add_argument("--calibration",
                         help="int8: a dataset (context, TFDS name, folder dataset) or a folder of images")
-    export.add_argument("--calibration-split", default="train", help="int8: the split of --calibration's dataset")
-    export.add_argument("--calibration-count", type=_positive_int, default=64, help="images drawn at random from it")
+    export.add_argument("--calibration-split", help="int8: the split of --calibration's dataset (default train)")
+    export.add_argument("--calibration-count", type=_positive_int, help="images drawn at random from it (default 64)")
     export.add_argument("--data-dir", help="TFDS data_dir of --calibration")
     export.add_argument("--classes", help="class names and colours: context, ade20k, cityscapes, voc, pets or a "
                         "classes.json (default: the model's own, else classes.json beside it)")

@@ -27,11 +27,11 @@ from keras_pspnet.model import (
     portable_model,
     uses_align_corners,
 )
-from keras_pspnet.predictors import METADATA_FILE, tflite_json
+from keras_pspnet.predictors import METADATA_FILE, ir_weights, tflite_json
 from keras_pspnet.protocol import TestProtocol, own_protocol
 from keras_pspnet.runtimes import optional_runtime
 
-FORMATS = ("savedmodel", "tflite", "onnx", "openvino")
+FORMATS = ("savedmodel", "tflite", "onnx", "openvino")  # `pspnet export --format` (a test checks the CLI's list)
 QUANTIZATIONS = ("none", "fp16", "int8")
 MIN_CALIBRATION_IMAGES = 16  # int8 activation ranges are min/max over the calibration windows: too few clip others
 # The runtimes whose loading and results CI checks (tests/test_tflite_runtimes.py); the JSON states them.
@@ -61,7 +61,9 @@ def deployable(model: keras.Model) -> keras.Model:
     """The model every export writes: no auxiliary head, float32 with plain batch norms (`portable_model`), each
     batch norm folded into the convolution before it (`fold_batch_norms`). The one place these are decided for
     SavedModel, TFLite, ONNX and OpenVINO: every format computes the same function with the same weights."""
-    return fold_batch_norms(portable_model(model))
+    float32 = all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers)
+    plain = not any(getattr(layer, "synchronized", False) for layer in model.layers)
+    return fold_batch_norms(model if float32 and plain else portable_model(model))  # (one copy less when it is)
 
 
 def _logits(model, images):
@@ -393,9 +395,11 @@ def export_onnx(model: keras.Model, path: str, info: DatasetInfo, *, input_size:
     refused unless `overwrite`, and replaced only once the new one is complete.
     """
     optional_runtime("onnx", "onnx")
+    if not path.endswith(".onnx"):
+        raise ValueError(f"{path}: an ONNX model is an .onnx file")
     check_new_output(path, overwrite)
     content = _onnx(deployable(model), info, input_size, format="onnx").SerializeToString()
-    write_bytes(path, content)
+    write_bytes(path, content, overwrite=overwrite)
     return path
 
 
@@ -422,9 +426,11 @@ def export_openvino(model: keras.Model, path: str, info: DatasetInfo, *, quantiz
         raise ValueError("int8 quantization needs calibration images (--calibration DATASET or a folder of images).")
     if not path.endswith(".xml"):
         raise ValueError(f"{path}: an OpenVINO IR is an .xml file (and the .bin beside it)")
-    weights = os.path.splitext(path)[0] + ".bin"
+    weights = ir_weights(path)
     for existing in (path, weights):
         check_new_output(existing, overwrite)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # before minutes of quantization
+        raise FileNotFoundError(f"{os.path.dirname(path)}: no such folder for {os.path.basename(path)}")
     model = deployable(model)
     images = _calibration_windows(model, calibration, input_size, path) if quantize == "int8" else None
     import io
@@ -433,10 +439,11 @@ def export_openvino(model: keras.Model, path: str, info: DatasetInfo, *, quantiz
     ir = ov.convert_model(io.BytesIO(proto.SerializeToString()))
     if quantize == "int8":
         nncf = optional_runtime("nncf", "openvino")
-        ir = nncf.quantize(ir, nncf.Dataset([image.astype(np.float32) for image in images]), subset_size=len(images))
+        dataset = nncf.Dataset(images, lambda image: image.astype(np.float32))  # float32 one window at a time
+        ir = nncf.quantize(ir, dataset, subset_size=len(images))
     ir.set_rt_info(proto.metadata_props[0].value, [proto.metadata_props[0].key, "metadata"])
     partial = partial_name(path)
-    partial_weights = os.path.splitext(partial)[0] + ".bin"
+    partial_weights = ir_weights(partial)
     try:
         ov.save_model(ir, partial, compress_to_fp16=quantize == "fp16")
         for target in (path, weights):

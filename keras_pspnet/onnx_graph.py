@@ -141,8 +141,8 @@ def _layer(graph: _Graph, layer, inputs: list[str]) -> str:
                   zip(("gamma", "beta", "mean", "variance"), (gamma, beta, layer.moving_mean, layer.moving_variance))]
         return graph.op("BatchNormalization", [inputs[0], *values], layer.name, epsilon=float(layer.epsilon))
     if isinstance(layer, keras.layers.Normalization):  # Keras: (x - mean) / max(sqrt(variance), epsilon)
-        if layer.invert or layer.axis != (-1,) and layer.axis != [-1]:
-            raise ValueError(f"layer {layer.name}: only a per-channel normalisation is exported")
+        if layer.invert:
+            raise ValueError(f"layer {layer.name}: an inverting Normalization is not exported")
         mean = np.asarray(layer.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float32)), keras.backend.epsilon()).reshape(1, -1, 1, 1)
         centred = graph.op("Sub", [inputs[0], graph.constant(mean, f"{layer.name}/mean")], f"{layer.name}/centred")
@@ -183,6 +183,9 @@ def onnx_model(model: keras.Model, *, metadata: dict[str, str], input_size: tupl
     import onnx
     from onnx import TensorProto, helper
 
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"{model.name}: {len(model.inputs)} inputs and {len(model.outputs)} outputs; ONNX export "
+                         "takes one of each (keras_pspnet.export.deployable drops an auxiliary head)")
     graph, names = _Graph(), {}
     image = model.inputs[0]
     x = INPUT
@@ -191,6 +194,13 @@ def onnx_model(model: keras.Model, *, metadata: dict[str, str], input_size: tupl
         x = graph.op("Clip", [graph.op("Round", [x], "round"), *bounds], "pixels")
     names[id(image)] = graph.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     pending = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    for layer in pending:  # what the writer assumes of every layer
+        if len(layer._inbound_nodes) != 1:
+            raise ValueError(f"layer {layer.name} is called {len(layer._inbound_nodes)} times; ONNX export takes "
+                             "layers called once")
+        if getattr(layer, "data_format", "channels_last") != "channels_last" or getattr(layer, "axis", -1) not in (
+                -1, 3, [-1], [3], (-1,), (3,)):
+            raise ValueError(f"layer {layer.name}: ONNX export takes channels-last layers")
     while pending:  # in dependency order: a layer once every input is written
         waiting = []
         for layer in pending:

@@ -30,9 +30,17 @@ from keras_pspnet.protocol import LARGEST_SIDE, own_protocol
 METADATA_FILE = "pspnet.json"  # in the SavedModel's assets.extra/, and beside a .tflite as <name>.json
 
 
+EXPORTED_SUFFIXES = (".tflite", ".onnx", ".xml")  # the exported files (a SavedModel is a folder)
+
+
 def tflite_json(path: str) -> str:
     """The metadata JSON written beside a .tflite: <name>.json."""
     return os.path.splitext(path)[0] + ".json"
+
+
+def ir_weights(path: str) -> str:
+    """The weights of an OpenVINO IR, beside its .xml: <name>.bin (where OpenVINO looks for them)."""
+    return os.path.splitext(path)[0] + ".bin"
 
 
 class KerasPredictor:
@@ -86,6 +94,12 @@ class _ExportedPredictor:
                 isinstance(v, int) and 1 <= v <= LARGEST_SIDE for v in self.input_size)):
             raise ValueError(f"{metadata_path}: input_size {short_repr(self.input_size)} is not (height, width)")
         self.align_corners = bool(self.metadata.get("align_corners", False))
+
+    def check_size(self, images: np.ndarray) -> None:
+        """A model exported with a fixed input size refuses other sizes in one line (not the runtime's words)."""
+        if self.input_size is not None and tuple(images.shape[1:3]) != self.input_size:
+            raise ValueError(f"{self.path}: takes {self.input_size[0]}x{self.input_size[1]} images, got "
+                             f"{images.shape[1]}x{images.shape[2]} (use --mode slide, or export with --input-size)")
 
 
 # The operations of the SavedModels `pspnet export` writes (every backbone, layout and option, TF 2.21), and kin
@@ -218,9 +232,7 @@ class TFLitePredictor(_ExportedPredictor):
         self.runner(images=np.zeros(shape, np.uint8))
 
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray:
-        if tuple(images.shape[1:3]) != self.input_size:
-            raise ValueError(f"{self.path}: takes {self.input_size[0]}x{self.input_size[1]} images, got "
-                             f"{images.shape[1]}x{images.shape[2]} (use --mode slide, or export with --input-size)")
+        self.check_size(images)
         pixels = keras.ops.convert_to_numpy(model_input(images, "uint8"))
         values = np.concatenate([self.runner(images=image[None])[self.output] for image in pixels])
         if self.output == "class_map":
@@ -253,7 +265,7 @@ def load_predictor(path: str, trust_model: bool = False, cache_dir: str | None =
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
     if runtime != "keras":
-        if path.endswith((".tflite", ".onnx", ".xml")) or os.path.isdir(path):
+        if path.endswith(EXPORTED_SUFFIXES) or os.path.isdir(path):
             raise ValueError(f"{path}: --runtime {runtime} runs a published name or a .keras model; an exported model "
                              "runs in its own runtime")
         return _exported_predictor(path, runtime, cache_dir)

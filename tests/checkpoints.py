@@ -19,6 +19,16 @@ from keras_pspnet.zoo import PretrainedPSPNet
 from tests import mmseg_reference, semseg_reference
 from tests.mmseg_reference import randomize_batchnorm
 
+# The first lines of a script run where torch is not installed: `import torch` raises ImportError, and no `torch`
+# is in sys.modules (a None there would break libraries that look for torch tensors, such as SciPy, which Keras
+# imports with scikit-learn, a dependency of NNCF).
+BLOCK_TORCH = (
+    "import sys\n"
+    "class _NoTorch:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'torch':\n"
+    "            raise ImportError(f'No module named {name!r}')\n"
+    "sys.meta_path.insert(0, _NoTorch())\n")
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TINY_MMSEG = {"stem_widths": (4, 4, 8), "base_width": 8, "channels": 16, "aux_channels": 8}
 # What mmsegmentation stored as meta["config"]: Config.pretty_text of its configs (0.x and 1.x layouts).

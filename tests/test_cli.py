@@ -143,14 +143,20 @@ def test_verbose_goes_before_or_after_the_command_and_bad_numbers_are_refused(ca
 
 
 def test_export_choices_are_the_ones_export_takes():
-    """The parser writes --quantize's and --outputs' choices out (importing them would load Keras): the same."""
+    """The parser writes --format's, --quantize's, --outputs' and --runtime's choices out (importing them would load
+    Keras): the same."""
     from keras_pspnet.cli import build_parser
-    from keras_pspnet.export import QUANTIZATIONS
+    from keras_pspnet.export import FORMATS, QUANTIZATIONS
+    from keras_pspnet.predictors import RUNTIMES
     from keras_pspnet.tflite import LAYOUTS
 
     commands, = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {action.dest: action.choices for action in commands.choices["export"]._actions}
     assert tuple(choices["quantize"]) == QUANTIZATIONS and tuple(choices["outputs"]) == LAYOUTS
+    assert tuple(choices["format"]) == FORMATS
+    for command in ("predict", "evaluate"):
+        runtime = {action.dest: action.choices for action in commands.choices[command]._actions}["runtime"]
+        assert tuple(runtime) == RUNTIMES
 
 
 @pytest.fixture(scope="module")

@@ -81,12 +81,20 @@ def test_export_command_errors(setup, tmp_path, capsys):
 
     keras_file = str(tmp_path / "m.keras")
     setup[0].save(keras_file)
-    assert main(["export", keras_file, "--out", str(tmp_path / "m.tflite"), "--format", "tflite", "--input-size",
-                 "96x96", "--quantize", "int8"]) == 2
-    assert "needs calibration images" in capsys.readouterr().err
-    assert main(["export", keras_file, "--out", str(tmp_path / "sm"), "--outputs", "class_map"]) == 2
-    assert capsys.readouterr().err == "pspnet: error: --quantize, --input-size, --outputs and --calibration are for " \
-        "--format tflite\n"
+    # every option given belongs to --format and, for calibration, to int8: refused before the model loads
+    for extra, error in [
+            (["--format", "tflite", "--input-size", "96x96", "--quantize", "int8"], "--quantize int8 needs "
+             "--calibration: a dataset (context, a TFDS name, a folder dataset) or a folder of images"),
+            (["--outputs", "class_map"], "--outputs: not an option of --format savedmodel"),
+            (["--format", "onnx", "--quantize", "int8", "--calibration", "context"],
+             "--calibration, --quantize: not an option of --format onnx"),
+            (["--format", "openvino", "--warmup-size", "64x64", "--probabilities"],
+             "--probabilities, --warmup-size: not an option of --format openvino"),
+            (["--format", "openvino", "--quantize", "fp16", "--calibration-count", "16"],
+             "--calibration-count: only for --quantize int8"),
+            (["--format", "tflite", "--model-version", "3"], "--model-version: not an option of --format tflite")]:
+        assert main(["export", "nowhere.keras", "--out", str(tmp_path / "out"), *extra]) == 2
+        assert capsys.readouterr().err == f"pspnet: error: {error}\n"
     assert main(["export", keras_file, "--out", str(tmp_path / "m8.tflite"), "--format", "tflite", "--input-size",
                  "96x96", "--quantize", "int8", "--calibration", "context", "--calibration-count", "8"]) == 2
     assert capsys.readouterr().err == f"pspnet: error: {tmp_path / 'm8.tflite'}: int8 quantization needs at least " \
@@ -133,7 +141,8 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     for name, path, extra in [
             ("keras", trained_context_model, []), ("savedmodel", saved, []), ("fp32", tflite, []), ("int8", int8, []),
             ("int8_class_map", classes, []), ("onnx", onnx_model, []), ("openvino", ir, []),
-            ("openvino_int8", ir_int8, []), ("runtime_onnx", trained_context_model, ["--runtime", "onnx"]),
+            ("openvino_int8", ir_int8, []),
+            ("runtime_onnx", trained_context_model, ["--runtime", "onnx"]),
             ("runtime_openvino", trained_context_model, ["--runtime", "openvino"])]:
         report = str(tmp_path / f"scores_{name}.json")  # not int8.json: the .tflite's metadata is called that
         assert main(["evaluate", "--model", path, "--data", "context", "--context-size", "96", "--json", report,
@@ -156,6 +165,13 @@ def test_evaluate_measures_what_is_shipped(setup, trained_context_model, tmp_pat
     assert main(["evaluate", "--model", onnx_model, "--runtime", "openvino", "--data", "context"]) == 2
     assert "model.onnx: --runtime openvino runs a published name or a .keras model" in capsys.readouterr().err
     assert abs(miou["keras"] - miou["openvino_int8"]) < 0.05
+    images = setup[1]  # and `pspnet predict` with each: the Keras model's labels
+    expected = [model.predict(np.asarray(Image.open(path))[None].astype(np.float32), verbose=0)[0].argmax(-1)
+                for path in images]
+    for name, path, least in [("onnx", onnx_model, 0.9999), ("openvino", ir, 0.9999), ("int8", ir_int8, 0.9)]:
+        assert main(["predict", "--model", path, *images, "--out", str(tmp_path / name)]) == 0
+        labels = [np.asarray(Image.open(tmp_path / name / f"scene{i}_label.png")) for i in range(len(images))]
+        assert np.mean(np.equal(labels, expected)) >= least, name
 
 
 class ChannelPredictor:
