@@ -221,9 +221,9 @@ def _export(args) -> None:
     _check_export_options(args)
     if args.format != "savedmodel":  # and the files beside it, before the model loads
         _check_output(args.out, args.force, _EXPORT_SUFFIX[args.format])
-        beside = {"tflite": tflite_json, "openvino": ir_weights}.get(args.format)
+        beside = {"tflite": tflite_json, "openvino": ir_weights}.get(args.format, lambda out: None)(args.out)
         if beside:
-            _check_output(beside(args.out), args.force, os.path.splitext(beside(args.out))[1])
+            _check_output(beside, args.force, os.path.splitext(beside)[1])
     model = inference_model(load_model(args.model))
     info = resolve_classes(args.classes, int(model.output.shape[-1]), args.model, model_metadata(model))
     if args.format == "savedmodel":

@@ -3,6 +3,7 @@ each with its metadata and from the one model `deployable` gives."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -433,8 +434,6 @@ def export_openvino(model: keras.Model, path: str, info: DatasetInfo, *, quantiz
         raise FileNotFoundError(f"{os.path.dirname(path)}: no such folder for {os.path.basename(path)}")
     model = deployable(model)
     images = _calibration_windows(model, calibration, input_size, path) if quantize == "int8" else None
-    import io
-
     proto = _onnx(model, info, input_size, format="openvino", quantization=quantize)
     ir = ov.convert_model(io.BytesIO(proto.SerializeToString()))
     if quantize == "int8":

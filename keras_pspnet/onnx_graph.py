@@ -79,16 +79,17 @@ def _adaptive_pool_matrix(graph: _Graph, x: str, axis: int, bins: int, hint: str
     length of `x`'s `axis`: row i averages [floor(i * L / b), ceil((i + 1) * L / b))."""
     shape = graph.op("Shape", [x], f"{hint}/shape", start=axis, end=axis + 1)  # [L]
     index = np.arange(bins, dtype=np.int64)[:, None]
+    count, axis0 = graph.constant(bins, f"{hint}/bins", np.int64), graph.constant([0], f"{hint}/axis0", np.int64)
     start = graph.op("Div", [graph.op("Mul", [graph.constant(index, f"{hint}/index", np.int64), shape], f"{hint}/iL"),
-                             graph.constant(bins, f"{hint}/bins", np.int64)], f"{hint}/start")
+                             count], f"{hint}/start")
     end_sum = graph.op("Add", [graph.op("Mul", [graph.constant(index + 1, f"{hint}/next", np.int64), shape],
                                         f"{hint}/nL"), graph.constant(bins - 1, f"{hint}/round", np.int64)],
                        f"{hint}/nL_up")
-    end = graph.op("Div", [end_sum, graph.constant(bins, f"{hint}/bins", np.int64)], f"{hint}/end")
+    end = graph.op("Div", [end_sum, count], f"{hint}/end")
     zero, one = graph.constant(0, f"{hint}/zero", np.int64), graph.constant(1, f"{hint}/one", np.int64)
-    length = graph.op("Squeeze", [shape, graph.constant([0], f"{hint}/axis0", np.int64)], f"{hint}/L")  # a scalar
-    position = graph.op("Unsqueeze", [graph.op("Range", [zero, length, one], f"{hint}/range"),
-                                      graph.constant([0], f"{hint}/axis0", np.int64)], f"{hint}/position")  # [1, L]
+    length = graph.op("Squeeze", [shape, axis0], f"{hint}/L")  # a scalar
+    position = graph.op("Unsqueeze", [graph.op("Range", [zero, length, one], f"{hint}/range"), axis0],
+                        f"{hint}/position")  # [1, L]
     inside = graph.op("And", [graph.op("GreaterOrEqual", [position, start], f"{hint}/ge"),
                               graph.op("Less", [position, end], f"{hint}/lt")], f"{hint}/inside")
     weights = graph.op("Cast", [inside], f"{hint}/weights", to=1)  # float32

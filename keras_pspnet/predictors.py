@@ -124,6 +124,14 @@ SIGNATURES = ("serving_default", "encoded", "logits")
 MAX_GRAPH_BYTES = 256 * 2**20  # saved_model.pb holds the graph; the weights are in variables/
 
 
+def refuse_foreign(path: str, foreign: set[str], what: str, hint: str) -> None:
+    """Refuses, in one line naming at most 8 of them, a model file holding `foreign` operations (if any)."""
+    if foreign:
+        names = sorted(foreign)
+        raise ValueError(f"{path}: {what} ({printable(', '.join(names[:8]))}{', ...' if len(names) > 8 else ''}); "
+                         f"{hint}")
+
+
 def check_saved_model(path: str) -> None:
     """Refuses, in one line, a SavedModel that `pspnet export` did not write, before TensorFlow loads it: its
     graph is read as data and must have our signatures and only the operations our exports use."""
@@ -166,10 +174,7 @@ def check_saved_model(path: str) -> None:
         allowed = EXPORTED_OPS - SAVE_OPS - RESTORE_OPS | (SAVE_OPS if name in saving else set()) | (
             RESTORE_OPS if name in restoring else set())
         foreign.update(node.op for node in body if node.op not in allowed)
-    if foreign:
-        foreign = sorted(foreign)
-        raise ValueError(f"{path}: runs operations keras-pspnet's exports do not, or not there "
-                         f"({printable(', '.join(foreign[:8]))}{', ...' if len(foreign) > 8 else ''}); {hint}")
+    refuse_foreign(path, foreign, "runs operations keras-pspnet's exports do not, or not there", hint)
 
 
 class SavedModelPredictor(_ExportedPredictor):
@@ -296,11 +301,9 @@ def _exported_predictor(path: str, runtime: str, cache_dir: str | None):
     from keras_pspnet.data.classes import resolve_classes
     from keras_pspnet.export import export_onnx, export_openvino
     from keras_pspnet.model import load_model
-    from keras_pspnet.runtimes import OnnxPredictor, OpenVINOPredictor
 
     model = inference_model(load_model(path, cache_dir))
     info = resolve_classes(None, int(model.output.shape[-1]), path, model_metadata(model))
+    export, name = {"onnx": (export_onnx, "model.onnx"), "openvino": (export_openvino, "model.xml")}[runtime]
     with tempfile.TemporaryDirectory(prefix="pspnet-") as folder:
-        if runtime == "onnx":
-            return OnnxPredictor(export_onnx(model, os.path.join(folder, "model.onnx"), info))
-        return OpenVINOPredictor(export_openvino(model, os.path.join(folder, "model.xml"), info))
+        return load_predictor(export(model, os.path.join(folder, name), info))

@@ -1,6 +1,6 @@
 """Predictors for the ONNX model and the OpenVINO IR of `keras_pspnet.export`: ONNX Runtime and OpenVINO.
 
-Both runtimes are optional (`pip install 'keras-pspnet[onnx]'`, `'keras-pspnet[openvino]'`). A file is checked as
+Both runtimes are optional (the extras [onnx] and [openvino], `EXTRAS`). A file is checked as
 one from anywhere before a runtime parses it: bounded in size, only the operations our exports write, weights inside
 the file (ONNX) or inside the .bin beside it (OpenVINO), and our metadata.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from keras_pspnet.console import one_line
 from keras_pspnet.files import printable, read_bytes
 from keras_pspnet.onnx_graph import INPUT, METADATA_KEY, OPERATIONS, OUTPUT
-from keras_pspnet.predictors import _ExportedPredictor, ir_weights
+from keras_pspnet.predictors import _ExportedPredictor, ir_weights, refuse_foreign
 
 MAX_ONNX_BYTES = 2**30  # an R152 PSPNet is 0.3 GiB; the file, its parse and the runtime's copy are all in memory
 MAX_IR_XML_BYTES = 8 * 2**20  # the .xml holds the graph only (an R101's is 0.3 MiB); the weights are in the .bin
@@ -28,8 +28,6 @@ IR_LAYERS = frozenset("""Add Clamp Concat Const Convert Convolution Divide FakeQ
     GroupConvolution Interpolate Less LogicalAnd MatMul MaxPool Multiply Pad Parameter Range ReLU ReduceMean ReduceSum
     Reshape Result Round ShapeOf Slice Squeeze Subtract Transpose Unsqueeze""".split())
 TRUST_HINT = "if you trust its source, pass trust_model=True (--trust-model)"
-
-
 EXTRAS = {"onnx": "onnx onnxruntime", "openvino": "onnx openvino nncf"}  # setup.py's extras of the same names
 
 
@@ -56,10 +54,7 @@ def _metadata(text: str | None, path: str) -> dict:
 
 
 def _foreign(found: set[str], allowed: frozenset, path: str, what: str) -> None:
-    foreign = sorted(found - allowed)
-    if foreign:
-        raise ValueError(f"{path}: holds {what} keras-pspnet's exports do not ({printable(', '.join(foreign[:8]))}"
-                         f"{', ...' if len(foreign) > 8 else ''}); {TRUST_HINT}")
+    refuse_foreign(path, found - allowed, f"holds {what} keras-pspnet's exports do not", TRUST_HINT)
 
 
 def checked_onnx(path: str, trust_model: bool = False):
